@@ -1,0 +1,38 @@
+# Pulsar Relay — every command a developer or CI needs. `make` alone prints this help.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# uv drives the workspace; a clean machine has only python3 + pip, so `install` bootstraps it.
+UV = $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+export UV_PYTHON ?= python3.11
+
+.PHONY: help install run test lint typecheck fmt check clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: ## Create .venv from uv.lock (bootstraps uv with pip when missing)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --all-packages
+
+run: install ## Start embedded Valkey + ingest (:8080) + gateway (:8081); Ctrl-C stops all
+	@$(UV) run --frozen python -m relaycore.devrun
+
+test: install ## Run the whole test suite against real Valkey processes
+	@$(UV) run --frozen pytest
+
+lint: install ## Ruff lint and format check
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+
+typecheck: install ## mypy --strict over every package
+	@$(UV) run --frozen mypy
+
+fmt: install ## Format and auto-fix with ruff
+	@$(UV) run --frozen ruff format .
+	@$(UV) run --frozen ruff check --fix .
+
+check: lint typecheck test ## lint + typecheck + test
+
+clean: ## Remove the virtualenv and caches (keeps .data/)
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Pulsar Relay shared core."""

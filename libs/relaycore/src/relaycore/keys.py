@@ -1,0 +1,61 @@
+"""Valkey key names. Every key of one topic carries the hash tag ``{<topic>}``.
+
+Topic names cannot contain ``{`` or ``}`` (contract §3), so the tag is exactly the topic and all
+of a topic's keys land in one hash slot: the publish function touches several of them at once
+and works unchanged on Valkey Cluster.
+
+=============================  =========  ==================================================
+key                            type       holds
+=============================  =========  ==================================================
+``relay:{<topic>}:s``          stream     the topic's messages (fields ``p``, ``h``, ``v``)
+``relay:{<topic>}:i:<key>``    string     an idempotency key → the first message's id (TTL)
+``relay:rl:{<principal>}``     string     a principal's publish counter for the rate limit
+=============================  =========  ==================================================
+
+Stream entry fields: ``p`` the payload as JSON bytes, ``h`` the headers as a JSON object (only
+when there are headers), ``v`` the id of the entry written before this one in the same stream
+(``0-0`` for the first), which lets readers tell a trimmed gap from an untouched history exactly.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "KEY_PREFIX",
+    "TOPIC_PATTERN",
+    "idempotency_key",
+    "is_valid_topic",
+    "rate_limit_key",
+    "stream_key",
+    "topic_from_stream_key",
+]
+
+KEY_PREFIX = "relay:"
+TOPIC_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+_TOPIC = re.compile(TOPIC_PATTERN)
+
+FIELD_PAYLOAD = b"p"
+FIELD_HEADERS = b"h"
+FIELD_PREVIOUS = b"v"
+
+
+def is_valid_topic(topic: str) -> bool:
+    return _TOPIC.match(topic) is not None
+
+
+def stream_key(topic: str) -> str:
+    return f"relay:{{{topic}}}:s"
+
+
+def idempotency_key(topic: str, key: str) -> str:
+    return f"relay:{{{topic}}}:i:{key}"
+
+
+def rate_limit_key(principal: str) -> str:
+    return f"relay:rl:{{{principal}}}"
+
+
+def topic_from_stream_key(key: str | bytes) -> str:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text[len("relay:{") : -len("}:s")]

@@ -1,0 +1,233 @@
+"""One typed settings object, read once from ``RELAY_*`` environment variables.
+
+Every service builds a :class:`Settings` with :meth:`Settings.from_env` at start and passes it
+to its app factory; nothing else reads the environment. An invalid value raises
+:class:`ConfigError` naming the variable, which the entry points turn into one line on stderr and
+exit code 1.
+
+Value formats (contract §2): durations ``500ms``, ``2s``, ``10m``, ``24h`` or bare seconds;
+sizes ``65536``, ``64KiB``, ``1MiB``; lists comma-separated; booleans ``true/false/1/0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ConfigError", "RateLimit", "Settings", "parse_bool", "parse_duration", "parse_size"]
+
+PREFIX = "RELAY_"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the relay cannot use."""
+
+    def __init__(self, variable: str, value: str, reason: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid configuration: {variable}={value!r}: {reason}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+}  # fmt: skip
+
+
+def parse_duration(text: str) -> float:
+    """``500ms`` / ``2s`` / ``10m`` / ``24h`` / ``1d`` / bare seconds → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError("expected a duration such as 500ms, 2s, 10m, 24h or a number of seconds")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """``65536`` / ``64KiB`` / ``1MiB`` → bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError("expected a size such as 65536, 64KiB or 1MiB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true, false, 1 or 0")
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def parse_port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a TCP port between 0 and 65535")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a whole number of at least 0")
+    return value
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _valkey_url(text: str) -> str:
+    # Imported here: settings must stay importable without the Valkey client stack.
+    from relaycore.valkey import ValkeyDsn
+
+    ValkeyDsn.from_dsn(text)
+    return text
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``N/s``, ``N/m`` or ``N/h`` messages per principal; ``0`` (or unset) disables it."""
+
+    count: int
+    per_seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        value = text.strip()
+        if value in ("", "0", "off", "none"):
+            return cls(0, 1.0)
+        number, _, unit = value.partition("/")
+        periods = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+        if unit not in periods:
+            raise ValueError("expected N/s, N/m or N/h, or 0 to disable")
+        return cls(_non_negative_int(number), periods[unit])
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0
+
+
+def _env(name: str, parser: Callable[[str], Any], default: Any) -> Any:
+    """A settings field read from ``RELAY_<NAME>`` with ``parser``."""
+    return field(default=default, metadata={"env": PREFIX + name, "parse": parser})
+
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with the defaults documented in the README."""
+
+    # Valkey
+    valkey_url: str = _env("VALKEY_URL", _valkey_url, "valkey://127.0.0.1:6379")
+    valkey_cluster: bool = _env("VALKEY_CLUSTER", parse_bool, False)
+    valkey_timeout: float = _env("VALKEY_TIMEOUT", parse_duration, 2.0)
+    # Listeners and processes
+    ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
+    ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
+    gateway_host: str = _env("GATEWAY_HOST", str, "0.0.0.0")
+    gateway_port: int = _env("GATEWAY_PORT", parse_port, 8081)
+    workers: int = _env("WORKERS", _positive_int, 1)
+    # Logging and tracing
+    log_level: str = _env("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
+    log_format: str = _env("LOG_FORMAT", _choice("json", "console"), "console")
+    otlp_endpoint: str = _env("OTLP_ENDPOINT", str, "")
+    # Limits (contract §7)
+    max_message_bytes: int = _env("MAX_MESSAGE_BYTES", parse_size, 64 * KiB)
+    max_body_bytes: int = _env("MAX_BODY_BYTES", parse_size, 1 * MiB)
+    max_batch_items: int = _env("MAX_BATCH_ITEMS", _positive_int, 1000)
+    max_ws_frame_bytes: int = _env("MAX_WS_FRAME_BYTES", parse_size, 64 * KiB)
+    max_subscriptions: int = _env("MAX_SUBSCRIPTIONS", _positive_int, 100)
+    max_queue_bytes: int = _env("MAX_QUEUE_BYTES", parse_size, 1 * MiB)
+    # Retention, applied on every write
+    retention_maxlen: int = _env("RETENTION_MAXLEN", _positive_int, 100_000)
+    retention_max_age: float = _env("RETENTION_MAX_AGE", parse_duration, 24 * 3600.0)
+    idempotency_window: float = _env("IDEMPOTENCY_WINDOW", parse_duration, 300.0)
+    # Gateway hot tier
+    hot_window: float = _env("HOT_WINDOW", parse_duration, 600.0)
+    hot_max_messages: int = _env("HOT_MAX_MESSAGES", _positive_int, 10_000)
+    hot_max_bytes: int = _env("HOT_MAX_BYTES", parse_size, 256 * MiB)
+    # Gateway delivery
+    ws_ping_interval: float = _env("WS_PING_INTERVAL", parse_duration, 20.0)
+    sse_heartbeat: float = _env("SSE_HEARTBEAT", parse_duration, 15.0)
+    reader_pool_size: int = _env("READER_POOL_SIZE", _positive_int, 4)
+    reader_block: float = _env("READER_BLOCK", parse_duration, 0.1)
+    topic_linger: float = _env("TOPIC_LINGER", parse_duration, 30.0)
+    shutdown_grace: float = _env("SHUTDOWN_GRACE", parse_duration, 25.0)
+    # Auth (contract §8)
+    auth: str = _env("AUTH", _choice("none", "jwt"), "none")
+    jwt_algorithms: tuple[str, ...] = _env("JWT_ALGORITHMS", parse_list, ("HS256",))
+    jwt_secret: str = _env("JWT_SECRET", str, "")
+    jwt_public_key_file: str = _env("JWT_PUBLIC_KEY_FILE", str, "")
+    jwt_jwks_file: str = _env("JWT_JWKS_FILE", str, "")
+    jwt_audience: str = _env("JWT_AUDIENCE", str, "")
+    jwt_issuer: str = _env("JWT_ISSUER", str, "")
+    allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", parse_list, ())
+    rate_limit: RateLimit = _env("RATE_LIMIT", RateLimit.parse, RateLimit(0, 1.0))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read every ``RELAY_*`` variable; raise :class:`ConfigError` on the first bad one."""
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            name = spec.metadata["env"]
+            raw = environ.get(name)
+            if raw is None:
+                continue
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(name, raw, str(exc)) from None
+        settings = cls(**values)
+        settings._check_consistency()
+        return settings
+
+    def _check_consistency(self) -> None:
+        if self.auth == "jwt" and not (
+            self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file
+        ):
+            raise ConfigError(
+                "RELAY_AUTH",
+                self.auth,
+                "jwt needs RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE or RELAY_JWT_JWKS_FILE",
+            )
+        if self.max_message_bytes > self.max_body_bytes:
+            raise ConfigError(
+                "RELAY_MAX_MESSAGE_BYTES",
+                str(self.max_message_bytes),
+                "must not exceed RELAY_MAX_BODY_BYTES",
+            )
+
+    @classmethod
+    def variables(cls) -> list[tuple[str, str]]:
+        """(variable, default) pairs, for docs and ``--help``."""
+        return [(spec.metadata["env"], repr(spec.default)) for spec in dataclasses.fields(cls)]

@@ -1,0 +1,238 @@
+"""Topic streams in Valkey: the publish function and the read side shared by both services.
+
+Publishing goes through one Valkey Function, ``relay_publish``, so the idempotency check, the
+XADD, the retention trims and the idempotency record happen atomically in one round trip. The
+function also stores in field ``v`` the id of the entry written before the new one: a reader that
+resumes after cursor ``c`` and finds the first retained entry's ``v`` ≤ ``c`` knows nothing in
+between was trimmed. XINFO's ``max-deleted-entry-id`` cannot say that (MAXLEN trimming leaves it
+at ``0-0``), and a false "messages were lost" is as wrong as a silent gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from glide import (
+    Batch,
+    ClusterBatch,
+    ExclusiveIdBound,
+    GlideClusterClient,
+    MaxId,
+    RequestError,
+)
+
+from relaycore.ids import StreamId
+from relaycore.keys import FIELD_HEADERS, FIELD_PAYLOAD, FIELD_PREVIOUS, idempotency_key, stream_key
+from relaycore.valkey import ValkeyClient
+
+__all__ = [
+    "FUNCTION_LIBRARY",
+    "LIBRARY_NAME",
+    "PUBLISH_FUNCTION",
+    "StreamEntry",
+    "StreamInfo",
+    "StreamRetention",
+    "add_publish",
+    "ensure_functions",
+    "is_missing_function",
+    "parse_entries",
+    "publish_args",
+    "read_after",
+    "stream_info",
+]
+
+LIBRARY_NAME = "relay"
+LIBRARY_VERSION = "1"
+PUBLISH_FUNCTION = "relay_publish_v" + LIBRARY_VERSION
+
+# KEYS[1] stream, KEYS[2] idempotency key (optional).
+# ARGV: payload, headers JSON ('' when none), maxlen, max age ms (0 = off), idempotency TTL ms.
+# Returns {id, duplicate(0|1)}.
+FUNCTION_LIBRARY = f"""#!lua name={LIBRARY_NAME}
+
+local function last_id(stream)
+  local newest = server.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #newest > 0 then
+    return newest[1][1]
+  end
+  if server.call('EXISTS', stream) == 1 then
+    -- Every entry was trimmed: the stream still remembers the last id it generated.
+    local info = server.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        return info[i + 1]
+      end
+    end
+  end
+  return '0-0'
+end
+
+local function publish(keys, args)
+  local stream = keys[1]
+  local idem = keys[2]
+  if idem then
+    local first = server.call('GET', idem)
+    if first then
+      return {{first, 1}}
+    end
+  end
+  local previous = last_id(stream)
+  local id
+  if args[2] == '' then
+    id = server.call('XADD', stream, 'MAXLEN', '~', args[3], '*',
+                     'p', args[1], 'v', previous)
+  else
+    id = server.call('XADD', stream, 'MAXLEN', '~', args[3], '*',
+                     'p', args[1], 'h', args[2], 'v', previous)
+  end
+  local max_age = tonumber(args[4])
+  if max_age > 0 then
+    local now = server.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
+    if oldest > 0 then
+      server.call('XTRIM', stream, 'MINID', '~', oldest)
+    end
+  end
+  if idem then
+    server.call('SET', idem, id, 'PX', args[5])
+  end
+  return {{id, 0}}
+end
+
+server.register_function('{PUBLISH_FUNCTION}', publish)
+"""
+
+
+@dataclass(frozen=True)
+class StreamRetention:
+    """Retention applied on every write: an approximate MAXLEN and a max age."""
+
+    maxlen: int
+    max_age_ms: int
+    idempotency_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One message as stored: its id, payload and headers JSON, and the previous entry's id."""
+
+    id: StreamId
+    payload: bytes
+    headers: bytes | None
+    previous: StreamId
+
+
+def publish_args(
+    topic: str,
+    payload: bytes,
+    headers: bytes | None,
+    key: str | None,
+    retention: StreamRetention,
+) -> tuple[list[str], list[bytes | str]]:
+    """KEYS and ARGV for one ``relay_publish`` call."""
+    keys = [stream_key(topic)]
+    if key is not None:
+        keys.append(idempotency_key(topic, key))
+    args: list[bytes | str] = [
+        payload,
+        headers or b"",
+        str(retention.maxlen),
+        str(retention.max_age_ms),
+        str(retention.idempotency_ttl_ms),
+    ]
+    return keys, args
+
+
+def add_publish(
+    batch: Batch | ClusterBatch,
+    topic: str,
+    payload: bytes,
+    headers: bytes | None,
+    key: str | None,
+    retention: StreamRetention,
+) -> None:
+    """Queue one publish on a (non-atomic) batch; its result is ``[id, duplicate]``."""
+    keys, args = publish_args(topic, payload, headers, key, retention)
+    batch.fcall(PUBLISH_FUNCTION, keys=keys, arguments=args)
+
+
+def is_missing_function(error: BaseException) -> bool:
+    return isinstance(error, RequestError) and "function not found" in str(error).lower()
+
+
+async def ensure_functions(client: ValkeyClient) -> None:
+    """Load the relay function library (idempotent: REPLACE keeps one current copy).
+
+    On a cluster the library goes to every primary, since any of them may own a topic's slot.
+    """
+    if isinstance(client, GlideClusterClient):
+        from glide import AllPrimaries
+
+        await client.function_load(FUNCTION_LIBRARY, replace=True, route=AllPrimaries())
+    else:
+        await client.function_load(FUNCTION_LIBRARY, replace=True)
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def parse_entries(
+    raw: Mapping[bytes, Sequence[Sequence[bytes]]] | None,
+) -> list[StreamEntry]:
+    """GLIDE's XRANGE/XREAD shape ``{id: [[field, value], ...]}`` → entries in id order."""
+    if not raw:
+        return []
+    entries = []
+    for entry_id, pairs in raw.items():
+        payload = b"null"
+        headers = None
+        previous = StreamId(0, 0)
+        for pair in pairs:
+            name, value = pair[0], _as_bytes(pair[1])
+            if name == FIELD_PAYLOAD:
+                payload = value
+            elif name == FIELD_HEADERS:
+                headers = value
+            elif name == FIELD_PREVIOUS:
+                previous = StreamId.parse(value)
+        entries.append(StreamEntry(StreamId.parse(entry_id), payload, headers, previous))
+    return entries
+
+
+async def read_after(
+    client: ValkeyClient, topic: str, after: StreamId, count: int
+) -> list[StreamEntry]:
+    """Up to ``count`` retained entries with id > ``after``, oldest first (XRANGE)."""
+    raw = await client.xrange(stream_key(topic), ExclusiveIdBound(str(after)), MaxId(), count)
+    return parse_entries(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What XINFO STREAM says about a topic; ``None`` fields when the stream is empty."""
+
+    length: int
+    first_id: StreamId | None
+    last_id: StreamId | None
+    last_generated_id: StreamId
+
+
+async def stream_info(client: ValkeyClient, topic: str) -> StreamInfo | None:
+    """The topic's stream summary, or ``None`` if the stream does not exist."""
+    try:
+        info = await client.xinfo_stream(stream_key(topic))
+    except RequestError as error:
+        if "no such key" in str(error).lower():
+            return None
+        raise
+    first = info.get(b"first-entry")
+    last = info.get(b"last-entry")
+    return StreamInfo(
+        length=int(info[b"length"]),
+        first_id=StreamId.parse(first[0]) if first else None,
+        last_id=StreamId.parse(last[0]) if last else None,
+        last_generated_id=StreamId.parse(info[b"last-generated-id"]),
+    )

@@ -1,0 +1,8 @@
+"""Test support shared by every member's suite: real Valkey processes and real uvicorn servers.
+
+Nothing here fakes Valkey: :class:`ValkeyProcess` runs the real ``valkey-server`` binary.
+"""
+
+from relaycore.testing.servers import UvicornServer, ValkeyProcess, free_port
+
+__all__ = ["UvicornServer", "ValkeyProcess", "free_port"]

