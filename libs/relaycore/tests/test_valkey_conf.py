@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from glide import Batch, MaxId, MinId, RequestError
+from glide import Batch, ExpireOptions, MaxId, MinId, RequestError
 
 from relaycore.ids import StreamId
 from relaycore.keys import idempotency_key, rate_limit_key, stream_key
@@ -144,7 +144,9 @@ async def test_ingest_uses_rate_limit_and_idempotency_keys(
     counter = rate_limit_key(f"principal-{topic}")
     assert await ingest.incr(counter) == 1
     assert await ingest.incrby(counter, 4) == 5
-    assert await ingest.pexpire(counter, 60_000)
+    # The rate limiter sets the window's expiry only once (PEXPIRE ... NX).
+    assert await ingest.pexpire(counter, 60_000, ExpireOptions.HasNoExpiry)
+    assert not await ingest.pexpire(counter, 1, ExpireOptions.HasNoExpiry)
     assert 0 < await ingest.pttl(counter) <= 60_000
     key = idempotency_key(topic, "k")
     assert await ingest.custom_command(["SET", key, "1-0", "NX", "PX", "60000"]) == "OK"
