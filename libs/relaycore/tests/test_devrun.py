@@ -211,7 +211,9 @@ def test_plan_gives_each_service_its_acl_user(tmp_path: Path) -> None:
     assert ingest.env["RELAY_VALKEY_URL"] == "valkey://ingest:relay-dev-ingest@127.0.0.1:7000"
     assert gateway.env["RELAY_VALKEY_URL"] == "valkey://gateway:relay-dev-gateway@127.0.0.1:7000"
     # Dev drain stays below honcho's 5 s SIGKILL unless the user chose a grace.
-    assert gateway.env["RELAY_SHUTDOWN_GRACE"] == "3s"
+    assert gateway.env["RELAY_SHUTDOWN_GRACE"] == "4s"
+    assert gateway.env["RELAY_SHUTDOWN_DRAIN"] == "1s"
+    assert ingest.env["RELAY_SHUTDOWN_GRACE"] == "4s"
     assert "ws://localhost:8081/api/v1/ws" in gateway.urls
     chosen = DevRunConfig.from_env({**env, "RELAY_SHUTDOWN_GRACE": "10s"}, REPO)
     assert "RELAY_SHUTDOWN_GRACE" not in plan(chosen, ["gateway"])[0].env

@@ -19,7 +19,8 @@ variable                 default      meaning
 ``RELAY_INGEST_PORT``    ``8080``     ingest's port (the service's own setting)
 ``RELAY_GATEWAY_PORT``   ``8081``     gateway's port (the service's own setting)
 ``RELAY_DATA_DIR``       ``.data``    where Valkey keeps its AOF (``<dir>/valkey``)
-``RELAY_SHUTDOWN_GRACE`` ``3s``       services' drain on Ctrl-C (below honcho's 5 s kill)
+``RELAY_SHUTDOWN_GRACE`` ``4s``       services' shutdown on Ctrl-C (below honcho's 5 s kill)
+``RELAY_SHUTDOWN_DRAIN`` ``1s``       gateway's WebSocket drain window within that grace
 =======================  ===========  ===================================================
 """
 
@@ -46,8 +47,9 @@ __all__ = [
 ]
 
 PROCESS_NAMES = ("valkey", "ingest", "gateway")
-# honcho SIGKILLs what has not exited 5 s after SIGTERM: the dev gateway drains faster.
-DEV_SHUTDOWN_GRACE = "3s"
+# honcho SIGKILLs what has not exited 5 s after SIGTERM: the dev services drain faster.
+DEV_SHUTDOWN_GRACE = "4s"
+DEV_SHUTDOWN_DRAIN = "1s"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class DevRunConfig:
         service_env = {}
         if "RELAY_SHUTDOWN_GRACE" not in environ:
             service_env["RELAY_SHUTDOWN_GRACE"] = DEV_SHUTDOWN_GRACE
+            # The gateway's drain window must stay shorter than its grace.
+            service_env["RELAY_SHUTDOWN_DRAIN"] = environ.get(
+                "RELAY_SHUTDOWN_DRAIN", DEV_SHUTDOWN_DRAIN
+            )
         return cls(root, data_dir, valkey_port, settings, service_env)
 
     @property
