@@ -294,3 +294,27 @@ def test_requirepass_gives_the_admin_a_password() -> None:
                 await service.close()
 
         asyncio.run(check())
+
+
+async def test_full_memory_refuses_writes_and_evicts_nothing(topic: str) -> None:
+    """noeviction: a full Valkey answers publishes with OOM (ingest turns it into 503) and keeps
+    every stream; an evicting policy would drop whole streams without an error."""
+    with ValkeyProcess(config_file=VALKEY_CONF, extra_args=["--maxmemory", "3mb"]) as server:
+        ingest = await _client(server, INGEST, "relay-ingest")
+        try:
+            await ensure_functions(ingest)
+            payload = b'"' + b"x" * 60_000 + b'"'
+            written: list[bytes] = []
+            refusal: RequestError | None = None
+            for _ in range(200):
+                try:
+                    written += await _publish(ingest, topic, [payload])
+                except RequestError as error:
+                    refusal = error
+                    break
+            assert "OOM" in str(refusal)
+            assert written
+            entries = await read_after(ingest, topic, StreamId(0, 0), 1000)
+            assert [entry.id for entry in entries] == [StreamId.parse(i) for i in written]
+        finally:
+            await ingest.close()
