@@ -9,11 +9,12 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo "python3 -m uv")
 export UV_PYTHON ?= python3.11
 
-.PHONY: help bootstrap install run test lint typecheck fmt check clean
+.PHONY: help install run test lint typecheck fmt check clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+.PHONY: bootstrap
 bootstrap: ## Install uv with pip if it is missing (into .tools/ when pip may not write)
 	@command -v uv >/dev/null 2>&1 || test -x .tools/bin/uv || python3 -m uv --version >/dev/null 2>&1 || { \
 		echo "uv not found: installing it with pip"; \
