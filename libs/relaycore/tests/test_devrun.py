@@ -158,14 +158,21 @@ async def test_valkey_runs_under_repo_conf_and_sigint_stops_everything(
     assert _wait_gone(pids) == []
 
 
-def test_busy_port_is_one_clear_line(stack_env: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("variable", "processes"),
+    [("RELAY_VALKEY_PORT", "valkey"), ("RELAY_INGEST_PORT", "valkey,ingest")],
+)
+def test_busy_port_is_one_clear_line(
+    stack_env: dict[str, str], variable: str, processes: str
+) -> None:
+    # Held on loopback: the services bind 0.0.0.0, which collides with it too.
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        stack_env["RELAY_VALKEY_PORT"] = str(port)
+        stack_env[variable] = str(port)
         result = subprocess.run(
-            [sys.executable, "-m", "relaycore.devrun", "--only", "valkey"],
+            [sys.executable, "-m", "relaycore.devrun", "--only", processes],
             cwd=REPO,
             env=stack_env,
             capture_output=True,
@@ -177,7 +184,7 @@ def test_busy_port_is_one_clear_line(stack_env: dict[str, str]) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"port {port}" in lines[0]
-    assert "RELAY_VALKEY_PORT" in lines[0]
+    assert variable in lines[0]
 
 
 def test_invalid_port_variable_is_one_line(stack_env: dict[str, str]) -> None:
