@@ -2,8 +2,11 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-# uv drives the workspace; a clean machine has only python3 + pip, so `install` bootstraps it.
-UV = $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# uv drives the workspace; a clean machine has only python3 + pip, so `install` bootstraps it:
+# `pip install uv` into the current python, or, where that python is externally managed
+# (PEP 668, Debian/Ubuntu system python), into a private venv in .tools/.
+# Re-evaluated on every use, so the recipes after `bootstrap` see the uv it just installed.
+UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo "python3 -m uv")
 export UV_PYTHON ?= python3.11
 
 .PHONY: help install run test lint typecheck fmt check clean
@@ -11,8 +14,15 @@ export UV_PYTHON ?= python3.11
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: ## Create .venv from uv.lock (bootstraps uv with pip when missing)
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+.PHONY: bootstrap
+bootstrap: ## Install uv with pip if it is missing (into .tools/ when pip may not write)
+	@command -v uv >/dev/null 2>&1 || test -x .tools/bin/uv || python3 -m uv --version >/dev/null 2>&1 || { \
+		echo "uv not found: installing it with pip"; \
+		python3 -m pip install --quiet uv 2>/dev/null || \
+		{ python3 -m venv .tools && .tools/bin/python -m pip install --quiet uv; }; \
+	}
+
+install: bootstrap ## Create .venv from uv.lock (bootstraps uv with pip when missing)
 	@$(UV) sync --frozen --all-packages
 
 run: install ## Start embedded Valkey + ingest (:8080) + gateway (:8081); Ctrl-C stops all
@@ -35,4 +45,4 @@ fmt: install ## Format and auto-fix with ruff
 check: lint typecheck test ## lint + typecheck + test
 
 clean: ## Remove the virtualenv and caches (keeps .data/)
-	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
