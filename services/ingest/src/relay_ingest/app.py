@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             cluster=settings.valkey_cluster,
             name="relay-ingest",
             request_timeout=settings.valkey_timeout,
+            connection_timeout=settings.valkey_timeout,
             lazy=True,
         )
         tracing = Tracing("relay-ingest", settings.otlp_endpoint)

@@ -59,6 +59,22 @@ def _malformed(error: msgspec.DecodeError) -> ApiError:
     return ApiError(400, "malformed_json", f"request body is not valid JSON: {error}")
 
 
+def _schema_or_syntax(error: msgspec.ValidationError, body: bytes, message: str) -> ApiError:
+    """422 for a schema violation, but 400 when the JSON is also malformed further on.
+
+    msgspec reports the first problem it meets, so ``{} trailing`` fails validation (missing
+    fields) before the trailing garbage; a second, untyped parse tells the two apart. It only
+    runs on the error path.
+    """
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as syntax:
+        return _malformed(syntax)
+    except RecursionError:
+        return _too_deep()
+    return validation_error(message, [_detail(error)])
+
+
 def _too_deep() -> ApiError:
     return ApiError(
         422,
@@ -96,7 +112,7 @@ def decode_single(body: bytes, limits: MessageLimits) -> tuple[PublishRequest, O
     try:
         item = decode_publish(body)
     except msgspec.ValidationError as error:
-        raise validation_error("the message does not match the schema", [_detail(error)]) from None
+        raise _schema_or_syntax(error, body, "the message does not match the schema") from None
     except msgspec.DecodeError as error:
         raise _malformed(error) from None
     except RecursionError:
@@ -118,7 +134,7 @@ def decode_batch(
     try:
         raw_items = decode_batch_envelope(body)
     except msgspec.ValidationError as error:
-        raise validation_error("the batch does not match the schema", [_detail(error)]) from None
+        raise _schema_or_syntax(error, body, "the batch does not match the schema") from None
     except msgspec.DecodeError as error:
         raise _malformed(error) from None
     except RecursionError:

@@ -177,14 +177,12 @@ class Pipeline:
         try:
             # The cluster client routes each command of a non-atomic batch to its slot's node.
             results = await self._client.exec(batch, raise_on_error=False)
-        except _CONNECTION_ERRORS as error:
+        except GlideError as error:
+            # A command the server refuses comes back in the results; an exception means the
+            # batch as a whole failed: no connection (GLIDE raises a plain RequestError for a
+            # failed connect), a timeout, a closed client. Treat all of them as an outage.
             self._mark_unavailable(error)
             _fail(operations, Unavailable("storage is unavailable"))
-            return
-        except GlideError as error:
-            self._count_error()
-            log.error("valkey_batch_failed", error=str(error))
-            _fail(operations, Unavailable("storage refused the request"))
             return
         self.batches_sent += 1
         if results is None:  # only a WATCHed transaction returns None; never for a pipeline
@@ -216,7 +214,7 @@ class Pipeline:
                 await self._client.ping()
                 if self._on_recover is not None:
                     await self._on_recover()
-            except GlideError as error:
+            except (GlideError, Unavailable) as error:
                 self._count_error()
                 log.debug("valkey_probe_failed", error=str(error) or type(error).__name__)
                 self._fail_pending(Unavailable("storage is unavailable"))
