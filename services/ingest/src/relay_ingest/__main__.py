@@ -14,7 +14,6 @@ from typing import NoReturn
 import uvicorn
 from starlette.applications import Starlette
 
-from relay_ingest.app import create_app
 from relaycore.auth import Authenticator
 from relaycore.logging import configure_logging, uvicorn_log_config
 from relaycore.settings import ConfigError, Settings
@@ -67,6 +66,8 @@ def _quiet_glide(log_format: str) -> None:
 
 def app_from_environment() -> Starlette:
     """The app factory each uvicorn worker process calls (``RELAY_WORKERS`` > 1)."""
+    from relay_ingest.app import create_app
+
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     _quiet_glide(settings.log_format)
@@ -75,6 +76,9 @@ def app_from_environment() -> Starlette:
 
 def main() -> None:
     settings = load_settings()
+    # Imported after the settings check: a bad variable is reported without loading the stack.
+    from relay_ingest.app import create_app
+
     configure_logging(settings.log_level, settings.log_format)
     _quiet_glide(settings.log_format)
     many = settings.workers > 1
