@@ -203,10 +203,13 @@ async def test_batch_size_limits(make_ingest: MakeIngest, topic: str) -> None:
 async def test_batch_envelope_errors(ingest: httpx.AsyncClient) -> None:
     not_a_list = await ingest.post(BATCH, json={"messages": {"topic": "a"}})
     missing = await ingest.post(BATCH, json={})
-    unknown = await ingest.post(BATCH, json={"messages": [], "more": 1})
+    unknown = await ingest.post(BATCH, json={"messages": [{"topic": "a", "payload": 1}], "x": 1})
     assert [r.status_code for r in (not_a_list, missing, unknown)] == [422, 422, 422]
     assert error_of(not_a_list)["details"] == [
         {"message": "Expected `array`, got `object`", "path": "$.messages"}
+    ]
+    assert error_of(unknown)["details"] == [
+        {"message": "Object contains unknown field `x`", "path": "$"}
     ]
 
 
