@@ -11,7 +11,7 @@ import httpx
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
 from relaycore.testing import ValkeyProcess, free_port
-from relaycore.valkey import ValkeyDsn, create_client
+from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 from .conftest import MakeIngest
 
@@ -128,8 +128,17 @@ async def test_openapi_is_generated_from_the_wire_types(ingest: httpx.AsyncClien
     for path in ("/api/v1/messages", "/api/v1/messages/batch", "/api/v1/topics/{topic}"):
         assert path in spec["paths"]
     assert set(spec["paths"]["/api/v1/messages"]["post"]["responses"]) >= {
-        "200", "201", "400", "401", "403", "413", "415", "422", "429", "503"
-    }  # fmt: skip
+        "200",
+        "201",
+        "400",
+        "401",
+        "403",
+        "413",
+        "415",
+        "422",
+        "429",
+        "503",
+    }
 
 
 async def test_docs_page_points_at_the_openapi_document(ingest: httpx.AsyncClient) -> None:
@@ -171,3 +180,41 @@ async def test_cors_allows_any_origin_without_auth_or_list(
         MESSAGES, json={"topic": topic, "payload": 1}, headers={"origin": "http://localhost:3000"}
     )
     assert published.headers["access-control-allow-origin"] == "*"
+
+
+async def test_valkey_out_of_memory_is_503_not_500(make_ingest: MakeIngest, topic: str) -> None:
+    with ValkeyProcess(
+        extra_args=["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]
+    ) as full:
+        ingest = await make_ingest(valkey_url=full.url, max_message_bytes=65536)
+        payload = "x" * 60_000
+        statuses = []
+        for _ in range(100):
+            response = await ingest.post(MESSAGES, json={"topic": topic, "payload": payload})
+            statuses.append(response.status_code)
+            if response.status_code == 503:
+                break
+        assert statuses[0] == 201
+        assert statuses[-1] == 503
+        assert set(statuses) == {201, 503}
+        assert response.json()["error"]["code"] == "unavailable"
+        assert response.headers["retry-after"] == "1"
+        # A refused write is not an outage: the service stays ready.
+        assert (await ingest.get("/ready")).status_code == 200
+        info = (await ingest.get(f"/api/v1/topics/{topic}")).json()
+        assert info["length"] == statuses.count(201)
+
+
+async def test_retention_max_age_trims_old_messages_on_write(
+    make_ingest: MakeIngest, valkey_client: ValkeyClient, topic: str
+) -> None:
+    ingest = await make_ingest(retention_max_age=0.05)
+    old = [{"topic": topic, "payload": n} for n in range(500)]
+    assert (await ingest.post(MESSAGES + "/batch", json={"messages": old})).status_code == 201
+    await asyncio.sleep(0.1)
+    fresh = await ingest.post(MESSAGES, json={"topic": topic, "payload": "fresh"})
+    assert fresh.status_code == 201
+    # MINID ~ drops whole stream nodes (100 entries) older than the max age.
+    stored = await read_after(valkey_client, topic, StreamId(0, 0), 1000)
+    assert len(stored) <= 100
+    assert str(stored[-1].id) == fresh.json()["id"]

@@ -133,9 +133,18 @@ def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
         @given(
             headers=st.dictionaries(header_names, header_values, max_size=5),
             method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
-            path=st.sampled_from(["/api/v1/messages", "/api/v1/messages/batch", "/health",
-                                  "/ready", "/api/v1/topics/x", "/metrics", "/nope"]),
-        )  # fmt: skip
+            path=st.sampled_from(
+                [
+                    "/api/v1/messages",
+                    "/api/v1/messages/batch",
+                    "/health",
+                    "/ready",
+                    "/api/v1/topics/x",
+                    "/metrics",
+                    "/nope",
+                ]
+            ),
+        )
         def arbitrary_headers(headers: dict[str, str], method: str, path: str) -> None:
             body = json.dumps({"topic": topic, "payload": 1}).encode() if method == "POST" else None
             response = client.request(method, path, headers=headers, content=body)
@@ -149,8 +158,9 @@ def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
                 url = "/api/v1/topics/?" + quote(query, safe="=&")
             response = client.get(url)
             assert response.status_code < 500, (response.status_code, response.text)
-            published = client.post("/api/v1/messages?" + quote(query, safe="=&"),
-                                    json={"topic": topic, "payload": 1})  # fmt: skip
+            published = client.post(
+                "/api/v1/messages?" + quote(query, safe="=&"), json={"topic": topic, "payload": 1}
+            )
             assert published.status_code == 201
 
         arbitrary_json()

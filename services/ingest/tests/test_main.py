@@ -144,9 +144,12 @@ def test_several_workers(
 ) -> None:
     port = free_port()
     process = start_ingest(
-        VALKEY_URL=valkey_url, INGEST_HOST="127.0.0.1", INGEST_PORT=str(port), WORKERS="2",
+        VALKEY_URL=valkey_url,
+        INGEST_HOST="127.0.0.1",
+        INGEST_PORT=str(port),
+        WORKERS="2",
         LOG_FORMAT="json",
-    )  # fmt: skip
+    )
     stop_later.append(process)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, process)

@@ -14,6 +14,7 @@ from relaycore.ids import StreamId
 from relaycore.keys import stream_key
 from relaycore.settings import RateLimit, Settings
 from relaycore.streams import read_after
+from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyClient
 
 from .conftest import MakeIngest
@@ -288,9 +289,11 @@ async def test_payload_over_max_message_bytes_is_413(make_ingest: MakeIngest, to
     assert fits.status_code == 201  # "xxx…" with its quotes is exactly 100 bytes
     assert too_big.status_code == 413
     assert error_of(too_big)["details"] == [
-        {"message": "payload is 101 bytes, more than RELAY_MAX_MESSAGE_BYTES=100",
-         "path": "$.payload"}
-    ]  # fmt: skip
+        {
+            "message": "payload is 101 bytes, more than RELAY_MAX_MESSAGE_BYTES=100",
+            "path": "$.payload",
+        }
+    ]
     batch = await ingest.post(
         BATCH,
         json={"messages": [{"topic": topic, "payload": 1}, {"topic": topic, "payload": "y" * 200}]},
@@ -419,3 +422,29 @@ async def test_app_accepts_an_injected_client(valkey_client: ValkeyClient, topic
     assert response.status_code == 201
     # The app must not close a client it did not create.
     assert await valkey_client.ping() == b"PONG"
+
+
+async def test_payload_is_stored_byte_for_byte(
+    ingest: httpx.AsyncClient, valkey_client: ValkeyClient, topic: str
+) -> None:
+    payload = b'{ "b" : [1, 2.50, "\\u00e9\xc3\xa9"], "a":null }'
+    body = b'{"topic": "%s", "payload": %s}' % (topic.encode(), payload)
+    response = await ingest.post(
+        MESSAGES, content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 201
+    (entry,) = await read_after(valkey_client, topic, StreamId(0, 0), 10)
+    assert entry.payload == payload
+    assert entry.headers is None  # no headers sent, none stored
+
+
+async def test_rate_limit_applies_to_the_anonymous_principal(
+    make_ingest: MakeIngest, valkey_process: ValkeyProcess, topic: str
+) -> None:
+    # With RELAY_AUTH=none every caller is one principal, "anonymous" (own Valkey: fresh window).
+    ingest = await make_ingest(valkey_url=valkey_process.url, rate_limit=RateLimit(2, 60.0))
+    codes = [
+        (await ingest.post(MESSAGES, json={"topic": topic, "payload": n})).status_code
+        for n in range(3)
+    ]
+    assert codes == [201, 201, 429]
