@@ -145,3 +145,16 @@ async def test_outage_fails_fast_then_recovers_by_itself(
             assert (await pipeline.execute(incr(f"{topic}:o"), 1))[0] >= 2
     finally:
         await client.close()
+
+
+async def test_a_failing_builder_does_not_stop_the_flusher(
+    valkey_client: ValkeyClient, topic: str, running: Any
+) -> None:
+    def broken(batch: AnyBatch) -> None:
+        raise RuntimeError("a bug in a builder")
+
+    async with running(Pipeline(valkey_client)) as pipeline:
+        with pytest.raises(Unavailable):
+            await pipeline.execute(broken, 1)
+        assert await pipeline.execute(incr(f"{topic}:after"), 1) == [1]
+        assert pipeline.available

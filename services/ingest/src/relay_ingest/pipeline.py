@@ -148,7 +148,13 @@ class Pipeline:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                await self._flush(self._take())
+                operations = self._take()
+                try:
+                    await self._flush(operations)
+                except Exception:
+                    # A bug here must not end the flusher: every later publish would hang.
+                    log.exception("pipeline_flush_failed")
+                    _fail(operations, Unavailable("the write failed"))
         finally:
             # Cancelled (shutdown grace over) or crashed: nobody may wait forever.
             self._fail_pending(Unavailable("the service is shutting down"))
@@ -214,7 +220,7 @@ class Pipeline:
                 await self._client.ping()
                 if self._on_recover is not None:
                     await self._on_recover()
-            except (GlideError, Unavailable) as error:
+            except Exception as error:  # GlideError, Unavailable from on_recover, or a bug
                 self._count_error()
                 log.debug("valkey_probe_failed", error=str(error) or type(error).__name__)
                 self._fail_pending(Unavailable("storage is unavailable"))
