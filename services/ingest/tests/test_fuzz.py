@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
@@ -168,3 +169,58 @@ def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
         raw_bytes()
         arbitrary_headers()
         topic_paths_and_queries()
+
+
+SECRET = "fuzz-secret-of-at-least-thirty-two-bytes"
+
+
+@pytest.mark.filterwarnings("ignore:Importing from 'glide:DeprecationWarning")
+def test_no_token_or_claims_yield_a_500(valkey_url: str, topic: str) -> None:
+    app = create_app(Settings(valkey_url=valkey_url, auth="jwt", jwt_secret=SECRET))
+    message = {"topic": topic, "payload": 1}
+    with serve_in_thread(app) as client:
+
+        @FUZZ
+        @given(value=header_values)
+        def arbitrary_authorization(value: str) -> None:
+            for header in (value, "Bearer " + value):
+                response = client.post(
+                    "/api/v1/messages", json=message, headers={"authorization": header.strip()}
+                )
+                assert response.status_code == 401, response.text
+
+        @FUZZ
+        @given(
+            claims=st.dictionaries(
+                st.sampled_from(["sub", "topics", "aud", "iss", "nbf"]), json_values(), max_size=4
+            ),
+            topics=st.one_of(
+                json_values(),
+                st.fixed_dictionaries(
+                    {}, optional={"publish": json_values(), "subscribe": json_values()}
+                ),
+            ),
+            exp=st.one_of(
+                st.integers(-(2**40), 2**40),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.text(max_size=5),
+            ),
+        )
+        def signed_claims(claims: dict[str, Any], topics: Any, exp: Any) -> None:
+            # Signed as raw JWS: pyjwt's encode() refuses some of the claims a forger could send.
+            payload = json.dumps({**claims, "topics": topics, "exp": exp}).encode()
+            token = jwt.api_jws.encode(payload, SECRET, algorithm="HS256")
+            for path, body in (
+                ("/api/v1/messages", message),
+                ("/api/v1/messages/batch", {"messages": [message]}),
+            ):
+                response = client.post(
+                    path, json=body, headers={"authorization": "Bearer " + token}
+                )
+                assert_no_server_error(response)
+            assert_no_server_error(
+                client.get(f"/api/v1/topics/{topic}", headers={"authorization": "Bearer " + token})
+            )
+
+        arbitrary_authorization()
+        signed_claims()
