@@ -41,7 +41,8 @@ FIELD_PREVIOUS = b"v"
 
 
 def is_valid_topic(topic: str) -> bool:
-    return _TOPIC.match(topic) is not None
+    # fullmatch: with match(), "$" also accepts a trailing newline ("orders\n").
+    return _TOPIC.fullmatch(topic) is not None
 
 
 def stream_key(topic: str) -> str:

@@ -65,7 +65,7 @@ class BatchRequest(Struct, forbid_unknown_fields=True):
     messages: Annotated[list[PublishRequest], Meta(min_length=1)]
 
 
-class _BatchEnvelope(Struct):
+class _BatchEnvelope(Struct, forbid_unknown_fields=True):
     # Items are kept raw so every one can be validated on its own and all bad indexes reported.
     messages: list[Raw]
 

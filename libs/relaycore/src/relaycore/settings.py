@@ -172,6 +172,10 @@ class Settings:
     retention_maxlen: int = _env("RETENTION_MAXLEN", _positive_int, 100_000)
     retention_max_age: float = _env("RETENTION_MAX_AGE", parse_duration, 24 * 3600.0)
     idempotency_window: float = _env("IDEMPOTENCY_WINDOW", parse_duration, 300.0)
+    # Ingest write path: commands per pipelined round trip, and how many may wait for one
+    # before new publishes get 503 (bounds memory when Valkey is slow).
+    publish_pipeline_size: int = _env("PUBLISH_PIPELINE_SIZE", _positive_int, 256)
+    publish_queue_limit: int = _env("PUBLISH_QUEUE_LIMIT", _positive_int, 10_000)
     # Gateway hot tier
     hot_window: float = _env("HOT_WINDOW", parse_duration, 600.0)
     hot_max_messages: int = _env("HOT_MAX_MESSAGES", _positive_int, 10_000)

@@ -12,6 +12,8 @@ from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from glide import (
+    AdvancedGlideClientConfiguration,
+    AdvancedGlideClusterClientConfiguration,
     BackoffStrategy,
     GlideClient,
     GlideClientConfiguration,
@@ -74,6 +76,7 @@ async def create_client(
     name: str,
     request_timeout: float = 2.0,
     lazy: bool = True,
+    connection_timeout: float | None = None,
 ) -> ValkeyClient:
     """A GLIDE client for ``dsn``.
 
@@ -81,6 +84,8 @@ async def create_client(
     ``/health``) while Valkey is unreachable; GLIDE then reconnects by itself with backoff.
     A client used for ``XREAD BLOCK`` must be dedicated to it (see module docstring); GLIDE
     extends the request timeout of blocking commands by their block time on its own.
+    ``connection_timeout`` bounds each (re)connect attempt (GLIDE's default is 2 s), which is
+    what a command waits on while the server is unreachable.
     """
     credentials = (
         ServerCredentials(password=dsn.password, username=dsn.username)
@@ -91,10 +96,14 @@ async def create_client(
     # Capped exponential backoff: 10 ms doubling up to ~1.3 s, retried forever.
     backoff = BackoffStrategy(num_of_retries=8, factor=10, exponent_base=2)
     addresses = [NodeAddress(dsn.host, dsn.port)]
+    connect_ms = None if connection_timeout is None else max(1, int(connection_timeout * 1000))
     if cluster:
         return await GlideClusterClient.create(
             GlideClusterClientConfiguration(
                 addresses,
+                advanced_config=AdvancedGlideClusterClientConfiguration(
+                    connection_timeout=connect_ms
+                ),
                 use_tls=dsn.tls,
                 credentials=credentials,
                 request_timeout=timeout_ms,
@@ -106,6 +115,7 @@ async def create_client(
     return await GlideClient.create(
         GlideClientConfiguration(
             addresses,
+            advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_ms),
             use_tls=dsn.tls,
             credentials=credentials,
             request_timeout=timeout_ms,

@@ -1,0 +1,243 @@
+"""Auto-pipelining: concurrent requests share one GLIDE ``Batch`` round trip.
+
+A request never awaits its own command. It queues an *operation* (a function that adds its
+commands to a batch, and how many it adds) and awaits a future. One long-lived flusher task takes
+everything queued since its last round trip (up to ``RELAY_PUBLISH_PIPELINE_SIZE`` commands,
+never splitting an operation), sends it as ONE non-atomic batch with ``raise_on_error=False`` and
+hands every operation the slice of results that belongs to it: a failed command fails only the
+request that sent it.
+
+While one batch is in flight the next one fills up, so under load the batches grow and the
+per-command cost falls toward the server's; with one request in flight the added latency is one
+event-loop tick.
+
+When the connection fails or times out the pipeline marks Valkey *unavailable*: queued and new
+operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instead of each waiting
+out the request timeout, and the flusher probes with PING until Valkey answers again, then runs
+``on_recover`` (e.g. reloading the publish function after a restart without data) and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from glide import (
+    Batch,
+    ClosingError,
+    ClusterBatch,
+    GlideClusterClient,
+    GlideError,
+)
+from glide import ConnectionError as GlideConnectionError
+from glide import TimeoutError as GlideTimeoutError
+
+from relaycore.logging import get_logger
+from relaycore.metrics import CommonMetrics
+from relaycore.valkey import ValkeyClient
+
+__all__ = ["AnyBatch", "BatchBuilder", "Pipeline", "Unavailable"]
+
+AnyBatch: TypeAlias = Batch | ClusterBatch
+BatchBuilder: TypeAlias = Callable[[AnyBatch], None]
+"""Adds an operation's commands, in order, to a batch."""
+
+log = get_logger("relay_ingest.pipeline")
+
+# Errors that mean "the connection is gone or hung", as opposed to a command the server refused.
+_CONNECTION_ERRORS = (GlideConnectionError, GlideTimeoutError, ClosingError)
+
+
+class Unavailable(Exception):
+    """Valkey cannot take the command now; the client should retry after ``retry_after`` s."""
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class _Operation:
+    build: BatchBuilder
+    size: int
+    future: asyncio.Future[list[Any]]
+
+
+class Pipeline:
+    """Batches the commands of concurrent callers into shared round trips."""
+
+    def __init__(
+        self,
+        client: ValkeyClient,
+        *,
+        max_commands: int = 256,
+        queue_limit: int = 10_000,
+        probe_interval: float = 0.25,
+        metrics: CommonMetrics | None = None,
+        on_recover: Callable[[], Awaitable[None]] | None = None,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._cluster = isinstance(client, GlideClusterClient)
+        self._max_commands = max_commands
+        self._queue_limit = queue_limit
+        self._probe_interval = probe_interval
+        self._metrics = metrics
+        self._on_recover = on_recover
+        self._observe_batch = observe_batch
+        self._pending: list[_Operation] = []
+        self._pending_commands = 0
+        self._wakeup = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._available = True
+        self.batches_sent = 0
+
+    @property
+    def available(self) -> bool:
+        """False from a connection failure until a PING answers again."""
+        return self._available
+
+    @property
+    def pending(self) -> int:
+        """Commands queued and not yet sent."""
+        return self._pending_commands
+
+    async def execute(self, build: BatchBuilder, size: int) -> list[Any]:
+        """Run ``size`` commands (added by ``build``) in the next shared batch.
+
+        Returns their results in order; a command the server refused is a ``RequestError``
+        instance in that list. Raises :class:`Unavailable` when Valkey cannot be reached.
+        """
+        if self._closing.is_set():
+            raise Unavailable("the service is shutting down")
+        if not self._available:
+            raise Unavailable("storage is unavailable")
+        if self._pending_commands + size > self._queue_limit and self._pending:
+            raise Unavailable("too many publishes waiting for storage")
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Operation(build, size, future))
+        self._pending_commands += size
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return await future
+
+    def close(self) -> None:
+        """Refuse new operations; :meth:`run` sends what is queued, then returns."""
+        self._closing.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """The flusher: one batch in flight at a time, until closed and drained."""
+        try:
+            while True:
+                if not self._available:
+                    # Probe even with nothing queued: new operations are refused meanwhile,
+                    # so nothing else would wake the flusher up.
+                    self._fail_pending(Unavailable("storage is unavailable"))
+                    if self._closing.is_set():
+                        return
+                    await self._probe()
+                    continue
+                if not self._pending:
+                    if self._closing.is_set():
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                operations = self._take()
+                try:
+                    await self._flush(operations)
+                except Exception:
+                    # A bug here must not end the flusher: every later publish would hang.
+                    log.exception("pipeline_flush_failed")
+                    _fail(operations, Unavailable("the write failed"))
+        finally:
+            # Cancelled (shutdown grace over) or crashed: nobody may wait forever.
+            self._fail_pending(Unavailable("the service is shutting down"))
+
+    def _take(self) -> list[_Operation]:
+        taken = 0
+        count = 0
+        for operation in self._pending:
+            if count and taken + operation.size > self._max_commands:
+                break
+            taken += operation.size
+            count += 1
+        operations = self._pending[:count]
+        del self._pending[:count]
+        self._pending_commands -= taken
+        return operations
+
+    async def _flush(self, operations: list[_Operation]) -> None:
+        batch: AnyBatch = ClusterBatch(is_atomic=False) if self._cluster else Batch(is_atomic=False)
+        commands = 0
+        for operation in operations:
+            operation.build(batch)
+            commands += operation.size
+        if self._observe_batch is not None:
+            self._observe_batch(commands)
+        try:
+            # The cluster client routes each command of a non-atomic batch to its slot's node.
+            results = await self._client.exec(batch, raise_on_error=False)
+        except GlideError as error:
+            # A command the server refuses comes back in the results; an exception means the
+            # batch as a whole failed: no connection (GLIDE raises a plain RequestError for a
+            # failed connect), a timeout, a closed client. Treat all of them as an outage.
+            self._mark_unavailable(error)
+            _fail(operations, Unavailable("storage is unavailable"))
+            return
+        self.batches_sent += 1
+        if results is None:  # only a WATCHed transaction returns None; never for a pipeline
+            _fail(operations, Unavailable("storage returned no result"))
+            return
+        if any(isinstance(result, _CONNECTION_ERRORS) for result in results):
+            self._mark_unavailable(next(r for r in results if isinstance(r, _CONNECTION_ERRORS)))
+        offset = 0
+        for operation in operations:
+            end = offset + operation.size
+            if not operation.future.done():
+                operation.future.set_result(results[offset:end])
+            offset = end
+
+    def _mark_unavailable(self, error: BaseException) -> None:
+        self._count_error()
+        if self._available:
+            log.warning("valkey_unavailable", error=str(error) or type(error).__name__)
+        self._available = False
+
+    def _count_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.valkey_errors.labels(self._metrics.service, "pipeline").inc()
+
+    async def _probe(self) -> None:
+        """PING until Valkey answers (then ``on_recover``), or until closed."""
+        while not self._closing.is_set():
+            try:
+                await self._client.ping()
+                if self._on_recover is not None:
+                    await self._on_recover()
+            except Exception as error:  # GlideError, Unavailable from on_recover, or a bug
+                self._count_error()
+                log.debug("valkey_probe_failed", error=str(error) or type(error).__name__)
+                self._fail_pending(Unavailable("storage is unavailable"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self._probe_interval)
+                continue
+            self._available = True
+            log.info("valkey_available")
+            return
+
+    def _fail_pending(self, error: Unavailable) -> None:
+        operations, self._pending = self._pending, []
+        self._pending_commands = 0
+        _fail(operations, error)
+
+
+def _fail(operations: list[_Operation], error: Exception) -> None:
+    for operation in operations:
+        if not operation.future.done():
+            operation.future.set_exception(error)

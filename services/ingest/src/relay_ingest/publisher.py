@@ -1,0 +1,126 @@
+"""The write path: messages → ``relay_publish_v1`` FCALLs on the shared pipeline.
+
+Each message is one call of the relay Valkey Function (``relaycore.streams``): idempotency check,
+XADD with ``MAXLEN ~``, max-age trim and the idempotency record, atomically, in one command. A
+single publish is one command in the next shared batch; a batch request queues all its messages
+as ONE operation, so they travel in one round trip, contiguous and in request order (per-topic
+order in the stream = order in the request).
+
+After a Valkey restart without data the function is gone: calls fail with "function not found".
+The publisher then loads the library (once, however many requests noticed) and retries those
+calls once. Anything else the server refuses, and any connection failure, is
+:class:`~relay_ingest.pipeline.Unavailable`: the request gets 503 and never a 2xx for a message
+that was not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from glide import GlideError
+
+from relay_ingest.pipeline import AnyBatch, Pipeline, Unavailable
+from relaycore.logging import get_logger
+from relaycore.metrics import CommonMetrics
+from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
+from relaycore.valkey import ValkeyClient
+
+__all__ = ["OutgoingMessage", "Published", "Publisher"]
+
+log = get_logger("relay_ingest.publisher")
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """One validated message, encoded for storage."""
+
+    topic: str
+    payload: bytes
+    headers: bytes | None
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where a message went: its stream id, and whether an earlier publish already wrote it."""
+
+    id: str
+    ts: int
+    duplicate: bool
+
+
+def _add_messages(
+    messages: Sequence[OutgoingMessage], retention: StreamRetention, batch: AnyBatch
+) -> None:
+    for message in messages:
+        add_publish(batch, message.topic, message.payload, message.headers, message.key, retention)
+
+
+class Publisher:
+    """Publishes messages through the shared pipeline and interprets the function's replies."""
+
+    def __init__(
+        self,
+        client: ValkeyClient,
+        pipeline: Pipeline,
+        retention: StreamRetention,
+        metrics: CommonMetrics | None = None,
+    ) -> None:
+        self._client = client
+        self._pipeline = pipeline
+        self._retention = retention
+        self._metrics = metrics
+        self._load_lock = asyncio.Lock()
+        self._loads = 0
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> list[Published]:
+        """Write ``messages`` in order in one round trip; raise :class:`Unavailable` on failure."""
+        loads_seen = self._loads
+        results = await self._pipeline.execute(
+            partial(_add_messages, messages, self._retention), len(messages)
+        )
+        missing = [i for i, result in enumerate(results) if _is_missing(result)]
+        if missing:
+            await self.load_functions(loads_seen)
+            retried = await self._pipeline.execute(
+                partial(_add_messages, [messages[i] for i in missing], self._retention),
+                len(missing),
+            )
+            for index, result in zip(missing, retried, strict=True):
+                results[index] = result
+        return [self._published(result) for result in results]
+
+    async def load_functions(self, loads_seen: int | None = None) -> None:
+        """Load the function library; concurrent callers that saw the same failure load once."""
+        async with self._load_lock:
+            if loads_seen is not None and loads_seen != self._loads:
+                return  # another request reloaded it after our calls failed
+            try:
+                await ensure_functions(self._client)
+            except GlideError as error:
+                self._count_error("function_load")
+                log.error("valkey_function_load_failed", error=str(error))
+                raise Unavailable("storage is unavailable") from error
+            self._loads += 1
+            log.info("valkey_functions_loaded")
+
+    def _published(self, result: Any) -> Published:
+        if isinstance(result, BaseException):
+            self._count_error("publish")
+            log.error("valkey_publish_failed", error=str(result))
+            raise Unavailable("storage refused the write") from result
+        raw_id, duplicate = result
+        message_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        return Published(message_id, int(message_id.partition("-")[0]), duplicate == 1)
+
+    def _count_error(self, operation: str) -> None:
+        if self._metrics is not None:
+            self._metrics.valkey_errors.labels(self._metrics.service, operation).inc()
+
+
+def _is_missing(result: Any) -> bool:
+    return isinstance(result, BaseException) and is_missing_function(result)

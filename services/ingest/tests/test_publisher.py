@@ -1,0 +1,55 @@
+"""The publisher on real Valkey: one round trip per batch, reloading a missing function."""
+
+from __future__ import annotations
+
+import asyncio
+
+from relay_ingest.pipeline import Pipeline
+from relay_ingest.publisher import OutgoingMessage, Publisher
+from relaycore.ids import StreamId
+from relaycore.streams import LIBRARY_NAME, StreamRetention, read_after
+from relaycore.testing import ValkeyProcess
+from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
+
+RETENTION = StreamRetention(maxlen=1000, max_age_ms=0, idempotency_ttl_ms=60_000)
+
+
+async def test_a_batch_is_one_round_trip(valkey_client: ValkeyClient, topic: str) -> None:
+    pipeline = Pipeline(valkey_client)
+    publisher = Publisher(valkey_client, pipeline, RETENTION)
+    await publisher.load_functions()
+    messages = [OutgoingMessage(topic, b"%d" % n, None, None) for n in range(500)]
+    async with asyncio.TaskGroup() as tasks:
+        flusher = tasks.create_task(pipeline.run())
+        published = await publisher.publish(messages)
+        pipeline.close()
+        await flusher
+    assert pipeline.batches_sent == 1
+    stored = await read_after(valkey_client, topic, StreamId(0, 0), 1000)
+    assert [str(e.id) for e in stored] == [p.id for p in published]
+    assert [e.payload for e in stored] == [m.payload for m in messages]
+
+
+async def test_missing_function_is_loaded_once_and_calls_retried(
+    valkey_process: ValkeyProcess, topic: str
+) -> None:
+    client = await create_client(ValkeyDsn.from_dsn(valkey_process.url), name="publisher-test")
+    try:
+        pipeline = Pipeline(client)
+        publisher = Publisher(client, pipeline, RETENTION)
+        async with asyncio.TaskGroup() as tasks:
+            flusher = tasks.create_task(pipeline.run())
+            # A fresh server has no function: ten concurrent publishes notice it together.
+            results = await asyncio.gather(
+                *(publisher.publish([OutgoingMessage(topic, b"1", None, None)]) for _ in range(10))
+            )
+            assert len({r[0].id for r in results}) == 10
+            await client.function_delete(LIBRARY_NAME)
+            (again,) = await publisher.publish([OutgoingMessage(topic, b"2", None, None)])
+            pipeline.close()
+            await flusher
+        stored = await read_after(client, topic, StreamId(0, 0), 100)
+        assert len(stored) == 11
+        assert str(stored[-1].id) == again.id
+    finally:
+        await client.close()
