@@ -181,8 +181,11 @@ class Settings:
     sse_heartbeat: float = _env("SSE_HEARTBEAT", parse_duration, 15.0)
     reader_pool_size: int = _env("READER_POOL_SIZE", _positive_int, 4)
     reader_block: float = _env("READER_BLOCK", parse_duration, 0.1)
+    reader_count: int = _env("READER_COUNT", _positive_int, 1000)
     topic_linger: float = _env("TOPIC_LINGER", parse_duration, 30.0)
     shutdown_grace: float = _env("SHUTDOWN_GRACE", parse_duration, 25.0)
+    shutdown_drain: float = _env("SHUTDOWN_DRAIN", parse_duration, 10.0)
+    ws_max_protocol_errors: int = _env("WS_MAX_PROTOCOL_ERRORS", _positive_int, 10)
     # Auth (contract §8)
     auth: str = _env("AUTH", _choice("none", "jwt"), "none")
     jwt_algorithms: tuple[str, ...] = _env("JWT_ALGORITHMS", parse_list, ("HS256",))
@@ -219,6 +222,12 @@ class Settings:
                 "RELAY_AUTH",
                 self.auth,
                 "jwt needs RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE or RELAY_JWT_JWKS_FILE",
+            )
+        if self.shutdown_drain >= self.shutdown_grace:
+            raise ConfigError(
+                "RELAY_SHUTDOWN_DRAIN",
+                str(self.shutdown_drain),
+                "must be shorter than RELAY_SHUTDOWN_GRACE",
             )
         if self.max_message_bytes > self.max_body_bytes:
             raise ConfigError(
