@@ -6,8 +6,7 @@ the ``recovered`` answer (or ``gap`` event, for SSE) and exactly which messages 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from relay_gateway.testing import SseReader, id_key, publish, ws_client
 from relaycore.ids import ZERO
 from relaycore.streams import StreamRetention, read_after
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
-from relay_gateway.testing import SseReader, id_key, publish, ws_client
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 TRANSPORTS = ["ws", "poll", "sse"]
@@ -33,7 +32,9 @@ class Resumed:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def resume(server: UvicornServer, transport: str, topic: str, since: str, count: int) -> Resumed:
+async def resume(
+    server: UvicornServer, transport: str, topic: str, since: str, count: int
+) -> Resumed:
     """Resume ``topic`` after ``since`` and read ``count`` messages."""
     if transport == "ws":
         async with ws_client(server) as ws:
@@ -43,15 +44,17 @@ async def resume(server: UvicornServer, transport: str, topic: str, since: str, 
     if transport == "poll":
         async with httpx.AsyncClient(base_url=server.url) as http:
             response = await http.get(
-                "/api/v1/poll", params={"topic": topic, "since": since, "timeout": "0", "limit": "1000"}
+                "/api/v1/poll",
+                params={"topic": topic, "since": since, "timeout": "0", "limit": "1000"},
             )
             assert response.status_code == 200, response.text
             body = response.json()
             assert len(body["messages"]) == count
             return Resumed(body["recovered"], [m["id"] for m in body["messages"]], extra=body)
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http, http.stream(
-        "GET", "/api/v1/sse", params={"topic": topic, "since": since}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("GET", "/api/v1/sse", params={"topic": topic, "since": since}) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         reader = SseReader(response)
@@ -70,7 +73,9 @@ async def resume(server: UvicornServer, transport: str, topic: str, since: str, 
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_empty_stream(gateway: Gateway, transport: str, topic: str, valkey_client: ValkeyClient) -> None:
+async def test_empty_stream(
+    gateway: Gateway, transport: str, topic: str, valkey_client: ValkeyClient
+) -> None:
     async with gateway() as server:
         resumed = await resume(server, transport, topic, "0-0", 0)
         assert resumed.recovered
@@ -78,7 +83,9 @@ async def test_empty_stream(gateway: Gateway, transport: str, topic: str, valkey
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_since_newest(gateway: Gateway, transport: str, topic: str, valkey_client: ValkeyClient) -> None:
+async def test_since_newest(
+    gateway: Gateway, transport: str, topic: str, valkey_client: ValkeyClient
+) -> None:
     ids = await publish(valkey_client, topic, list(range(5)))
     async with gateway() as server:
         resumed = await resume(server, transport, topic, ids[-1], 0)
@@ -172,4 +179,3 @@ async def metric(server: UvicornServer, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not exported")
-

@@ -9,14 +9,14 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import httpx
+import msgspec
 import websockets
-from glide import Batch
+from glide import Batch, RequestError
 
 from relay_gateway.app import create_app
 from relaycore.settings import Settings
-from relaycore.streams import StreamRetention, add_publish, ensure_functions
+from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
@@ -57,13 +57,13 @@ async def publish(
         add_publish(batch, topic, msgspec.json.encode(payload), encoded_headers, None, retention)
     try:
         results = await client.exec(batch, raise_on_error=True)
-    except Exception as error:
-        if "function" not in str(error).lower():
+    except RequestError as error:
+        if not is_missing_function(error):
             raise
         await ensure_functions(client)
         results = await client.exec(batch, raise_on_error=True)
     assert results is not None
-    return [result[0].decode() for result in results]  # type: ignore[index,union-attr]  # [id, duplicate]
+    return [result[0].decode() for result in results]
 
 
 def id_key(message_id: str) -> tuple[int, int]:
@@ -101,7 +101,7 @@ class WsClient:
         return await self.expect("subscribed")
 
     async def messages(self, count: int, wait: float = 10.0) -> list[dict[str, Any]]:
-        received = []
+        received: list[dict[str, Any]] = []
         while len(received) < count:
             event = await self.event(wait)
             assert event["op"] == "message", event
@@ -140,7 +140,7 @@ class SseReader:
             fields[name] = value
 
     async def messages(self, count: int, wait: float = 10.0) -> list[dict[str, Any]]:
-        received = []
+        received: list[dict[str, Any]] = []
         while len(received) < count:
             event = await self.event(wait)
             assert event["event"] == "message", event
