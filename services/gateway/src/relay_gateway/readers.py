@@ -77,6 +77,7 @@ class Reader:
         self.cluster = cluster
         self.block_ms = max(1, int(settings.reader_block * 1000))
         self.count = settings.reader_count
+        self.slice_bytes = max(1, settings.max_queue_bytes // 8)
         self.metrics = metrics
         self.topics: dict[str, Topic] = {}  # stream key → topic
         self.healthy = True
@@ -131,11 +132,25 @@ class Reader:
         if not raw:
             return False
         by_key = {topic.key: topic for topic in snapshot}
-        for key, entries in raw.items():
+        for key, raw_entries in raw.items():
             topic = by_key.get(key.decode())
             # A topic dropped (and maybe re-created) meanwhile: only feed the live object.
-            if topic is not None and self.topics.get(topic.key) is topic:
-                hub.dispatch(topic, parse_entries(entries))
+            if topic is None or self.topics.get(topic.key) is not topic:
+                continue
+            entries = parse_entries(raw_entries)
+            start = 0
+            while start < len(entries):
+                # Fan out in slices of at most a fraction of a connection's queue, yielding in
+                # between so writers move them to their sockets: a burst of one big XREAD
+                # never overflows the queue of a consumer that is keeping up.
+                end, size = start, 0
+                while end < len(entries) and (end == start or size < self.slice_bytes):
+                    size += len(entries[end].payload)
+                    end += 1
+                hub.dispatch(topic, entries[start:end])
+                start = end
+                if start < len(entries):
+                    await asyncio.sleep(0)
         return True
 
     async def _read_by_slot(self, hub: Hub) -> None:
