@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import httpx
 from glide import GlideError
@@ -67,5 +68,29 @@ async def test_subscribers_get_everything_after_valkey_restarts(
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("/ready did not recover")
+    finally:
+        await client.close()
+
+
+async def test_valkey_restarted_without_its_data_is_a_reset_gap(
+    valkey_process: ValkeyProcess, topic: str
+) -> None:
+    client = await create_client(
+        ValkeyDsn.from_dsn(valkey_process.url), name="relay-tests", lazy=False
+    )
+    settings = gateway_settings(valkey_process.url, valkey_timeout=0.5)
+    try:
+        async with run_gateway(settings) as server, ws_client(server) as ws:
+            await ws.subscribe(topic)
+            await publish(client, topic, list(range(3)))
+            await ws.messages(3)
+            valkey_process.stop()
+            shutil.rmtree(valkey_process.data_dir / "appendonlydir")
+            await asyncio.sleep(0.5)
+            valkey_process.start()
+            after = await publish_retrying(client, topic, [10, 11])
+            gap = await ws.expect("gap", wait=20)
+            assert (gap["reason"], gap["from"]) == ("reset", after[0])
+            assert [m["id"] for m in await ws.messages(2)] == after
     finally:
         await client.close()

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 import websockets
 
-from relay_gateway.testing import publish, ws_client
+from relay_gateway.testing import id_key, publish, ws_client
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
@@ -130,3 +130,19 @@ async def test_two_gateways_on_one_valkey(
         ids = await publish(valkey_client, topic, list(range(50)))
         assert [m["id"] for m in await a.messages(50)] == ids
         assert [m["id"] for m in await b.messages(50)] == ids
+
+
+async def test_live_reset_is_a_gap_event(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    async with gateway() as server, ws_client(server) as ws:
+        await ws.subscribe(topic)
+        first = await publish(valkey_client, topic, [1, 2])
+        await ws.messages(2)
+        # The stream is lost (as if Valkey restarted without its data) and written again.
+        await valkey_client.delete([f"relay:{{{topic}}}:s"])
+        again = await publish(valkey_client, topic, [3])
+        assert id_key(again[0]) > id_key(first[-1])
+        gap = await ws.expect("gap")
+        assert gap == {"op": "gap", "topic": topic, "reason": "reset", "from": again[0]}
+        assert [m["id"] for m in await ws.messages(1)] == again

@@ -29,8 +29,9 @@ import structlog
 from glide import GlideError, StreamReadOptions
 
 from relay_gateway.metrics import GatewayMetrics
+from relaycore.ids import ZERO
 from relaycore.settings import Settings
-from relaycore.streams import parse_entries
+from relaycore.streams import parse_entries, stream_info
 from relaycore.valkey import ValkeyClient
 
 if TYPE_CHECKING:
@@ -118,10 +119,28 @@ class Reader:
                     continue
                 if not self.healthy:
                     log.info("reader_recovered", reader=self.index)
+                    try:
+                        await self._rewind_reset_streams(hub)
+                    except GlideError:
+                        continue
                 self.healthy = True
                 backoff = BACKOFF_START
         finally:
             self.running = False
+
+    async def _rewind_reset_streams(self, hub: Hub) -> None:
+        """After an outage, find streams that went backwards (Valkey lost or reset data).
+
+        XREAD after an id the stream never reaches again would wait forever; such a topic is
+        read again from the start, and its feeds see the new entries' previous ids go backwards
+        and report a ``reset`` gap.
+        """
+        for topic in list(self.topics.values()):
+            info = await stream_info(hub.client, topic.name)
+            last = info.last_generated_id if info is not None else ZERO
+            if last < topic.position:
+                log.warning("stream_went_backwards", topic=topic.name, last=str(last))
+                topic.position = ZERO
 
     async def _read(self, hub: Hub, topics: Mapping[str, Topic], block_ms: int | None) -> bool:
         """One XREAD over ``topics`` from each one's position; True if anything came back."""
