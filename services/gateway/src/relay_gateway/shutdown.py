@@ -31,8 +31,10 @@ log = structlog.get_logger("relay_gateway.shutdown")
 
 # The WebSocket closes go out in at most this many evenly spaced waves.
 _WAVES = 100
+# After the last wave, how long the closing handshakes may take before uvicorn's stage.
+_SETTLE = 1.0
 # Margin kept between the end of uvicorn's graceful wait and the grace deadline.
-_EXIT_MARGIN = 2.0
+_EXIT_MARGIN = 1.5
 
 
 class Drainable(Protocol):
@@ -75,8 +77,8 @@ class Drain:
                     for connection in sockets[wave::waves]:
                         connection.drain()
                     await asyncio.sleep(pause)
-            # Let the last closes finish their handshakes (bounded by the close timeout).
-            for _ in range(50):
+            # Let the last closes finish their handshakes, for at most _SETTLE.
+            for _ in range(int(_SETTLE / 0.05)):
                 if not self.websockets and not self.streams:
                     break
                 await asyncio.sleep(0.05)
@@ -89,7 +91,8 @@ class GatewayServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, drain: Drain, grace: float) -> None:
         # uvicorn gets what remains of the grace period after the drain window, minus a margin.
-        config.timeout_graceful_shutdown = max(1, int(grace - drain.window - _EXIT_MARGIN))
+        remaining = grace - drain.window - _SETTLE - _EXIT_MARGIN
+        config.timeout_graceful_shutdown = max(1, int(remaining))
         super().__init__(config)
         self.drain = drain
 
