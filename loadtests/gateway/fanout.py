@@ -128,8 +128,10 @@ async def main(args: argparse.Namespace) -> None:
             await gateway.wait()
     latencies.sort()
     deliveries = len(latencies)
-    print(f"subscribers={per_process * args.client_processes} messages={total} "
-          f"deliveries={deliveries} in {elapsed:.2f}s -> {deliveries / elapsed:,.0f} deliveries/s")
+    print(
+        f"subscribers={per_process * args.client_processes} messages={total} "
+        f"deliveries={deliveries} in {elapsed:.2f}s -> {deliveries / elapsed:,.0f} deliveries/s"
+    )
     print(f"latency ms: p50={1000 * statistics.median(latencies):.1f} "
           f"p99={1000 * latencies[int(0.99 * (deliveries - 1))]:.1f} "
           f"max={1000 * latencies[-1]:.1f}")  # fmt: skip
