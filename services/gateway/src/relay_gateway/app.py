@@ -42,6 +42,7 @@ from relaycore.http import cors_middleware, docs_page, exception_handlers, opena
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import Envelope, ErrorBody
 from relaycore.settings import Settings
+from relaycore.tracing import Tracing
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 __all__ = ["create_app"]
@@ -178,6 +179,7 @@ def create_app(
             dsn, cluster=cluster, name="relay-gateway", request_timeout=timeout
         )
         reader_clients: list[ValkeyClient] = []
+        tracing = Tracing("relay-gateway", settings.otlp_endpoint)
         try:
             for index in range(settings.reader_pool_size):
                 reader_clients.append(
@@ -188,7 +190,8 @@ def create_app(
                 )  # fmt: skip
             metrics = GatewayMetrics()
             readers = ReaderPool(reader_clients, settings, metrics)
-            hub = Hub(settings, client, metrics, readers)
+            tracer = tracing.tracer if tracing.enabled else None
+            hub = Hub(settings, client, metrics, readers, tracer)
             app.state.gateway = GatewayState(
                 settings=settings,
                 client=client,
@@ -213,6 +216,7 @@ def create_app(
                 await reader_client.close()
             if valkey is None:
                 await client.close()
+            tracing.shutdown()
 
     return Starlette(
         routes=[

@@ -19,15 +19,19 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 import structlog
 from glide import GlideError
+from opentelemetry.trace import SpanKind, Tracer
 
 from relay_gateway.hot import HotTier, HotWindow, Message, topic_json
 from relay_gateway.metrics import GatewayMetrics
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
+from relaycore.models import decode_headers
 from relaycore.settings import Settings
 from relaycore.streams import StreamEntry, stream_info
+from relaycore.tracing import link_from_traceparent
 from relaycore.valkey import ValkeyClient
 
 if TYPE_CHECKING:
@@ -106,6 +110,7 @@ class Feed:
         "buffer_limit",
         "catching_up",
         "delivered",
+        "lost",
         "mode",
         "pending_gap",
         "sink",
@@ -122,6 +127,7 @@ class Feed:
         self.buffer: list[Message] = []
         self.buffer_bytes = 0
         self.buffer_limit = buffer_limit
+        self.lost = False  # the buffer overflowed: the sink is being cut off
 
     def resume_after(self, after: StreamId, *, check: bool, pending_gap: str | None = None) -> None:
         """Deliver next what follows ``after``; ``check`` whether its first message may show a gap.
@@ -136,10 +142,13 @@ class Feed:
     def offer(self, message: Message) -> None:
         """A live message from the reader."""
         if self.catching_up:
+            if self.lost:
+                return
             self.buffer.append(message)
             self.buffer_bytes += len(message.envelope)
             if self.buffer_bytes > self.buffer_limit:
                 self.buffer.clear()
+                self.lost = True
                 self.sink.overflow()
             return
         self.deliver(message)
@@ -180,8 +189,11 @@ class Hub:
         client: ValkeyClient,
         metrics: GatewayMetrics,
         readers: ReaderPool,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
+        # Only when tracing is on: a delivery span per message, linked to the producer's span.
+        self.tracer = tracer
         self.client = client
         self.metrics = metrics
         self.readers = readers
@@ -256,9 +268,33 @@ class Hub:
             message = Message.from_entry(topic.json, entry)
             topic.position = entry.id
             self.hot.add(topic.name, topic.hot, message)
+            if self.tracer is not None and entry.headers and b"traceparent" in entry.headers:
+                self._traced_fan_out(topic, message, entry.headers)
+                continue
             for feed in topic.feeds:
                 feed.offer(message)
         self.metrics.hot_bytes.set(self.hot.bytes)
+
+    def _traced_fan_out(self, topic: Topic, message: Message, headers: bytes) -> None:
+        assert self.tracer is not None
+        try:
+            traceparent = decode_headers(headers).get("traceparent", "")
+        except msgspec.DecodeError:
+            traceparent = ""
+        link = link_from_traceparent(traceparent)
+        with self.tracer.start_as_current_span(
+            "relay.deliver",
+            kind=SpanKind.CONSUMER,
+            links=[link] if link is not None else None,
+            attributes={
+                "messaging.system": "valkey",
+                "messaging.destination.name": topic.name,
+                "messaging.message.id": str(message.id),
+                "relay.subscribers": len(topic.feeds),
+            },
+        ):
+            for feed in topic.feeds:
+                feed.offer(message)
 
     def message(self, topic: Topic, entry: StreamEntry) -> Message:
         """A message built from a history read (not cached: the window holds only live reads)."""
