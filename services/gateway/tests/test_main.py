@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -113,3 +114,41 @@ async def test_sigterm_drains_every_client_and_exits_within_grace(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.slow
+async def test_json_logs_never_show_tokens(valkey_url: str, topic: str) -> None:
+    port = free_port()
+    env = gateway_env(valkey_url, port)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay_gateway",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", process)
+        secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            params = {"topic": topic, "timeout": "0", "token": secret}
+            assert (await http.get("/api/v1/poll", params=params)).status_code == 200
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/api/v1/ws?token={secret}", compression=None
+        ) as connection:
+            await connection.send('{"op":"ping"}')
+            await connection.recv()
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = output.decode().splitlines()
+    assert lines
+    assert secret not in output.decode()
+    for line in lines:
+        json.loads(line)  # every stdout line is one JSON object
+    assert any("[redacted]" in line for line in lines)

@@ -16,6 +16,7 @@ import sys
 
 import uvicorn
 
+from relay_gateway import redact
 from relay_gateway.app import create_app
 from relay_gateway.shutdown import Drain, GatewayServer
 from relaycore.logging import configure_logging, uvicorn_log_config
@@ -46,6 +47,7 @@ def app_from_env() -> object:
     """Factory for uvicorn's multi-worker mode (``RELAY_WORKERS`` > 1)."""
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_level, settings.log_format)
+    redact.install()
     return create_app(settings)
 
 
@@ -56,6 +58,7 @@ def main() -> None:
         print(f"relay-gateway: {error}", file=sys.stderr)
         sys.exit(1)
     configure_logging(settings.log_level, settings.log_format)
+    redact.install()
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Worker processes build their own app; uvicorn's shutdown closes WebSockets with 1012

@@ -35,6 +35,7 @@ from relaycore.ids import Cursor
 __all__ = ["sse_endpoint"]
 
 HISTORY_PAGE = 500
+KEEPALIVE = b": keepalive\n\n"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -139,14 +140,20 @@ class EventStream(Response):
         heartbeat = self.state.settings.sse_heartbeat
         lag = self.metrics.lag
         deliveries = self.metrics.deliveries
+        loop = asyncio.get_running_loop()
+        # A comment goes out at least every heartbeat, busy or quiet, so proxies and clients
+        # can rely on the cadence to tell a live stream from a dead one.
+        next_comment = loop.time() + heartbeat
         while True:
             try:
-                async with asyncio.timeout(heartbeat):
+                async with asyncio.timeout_at(next_comment):
                     items = await self.queue.take()
             except TimeoutError:
-                await send(
-                    {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
-                )
+                items = None
+            if items is None or loop.time() >= next_comment:
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                next_comment = loop.time() + heartbeat
+            if items is None:
                 continue
             if not items:
                 return

@@ -42,6 +42,7 @@ CLOSE_SLOW = 4008
 CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHENTICATED = 4401
 HISTORY_PAGE = 500
+PACKED_FRAME_CHARS = 256 * 1024
 
 
 class ClientFrame(msgspec.Struct):
@@ -69,6 +70,27 @@ def _error(code: str, message: str, req: int | str | None = None, topic: str | N
     if topic is not None:
         fields["topic"] = topic
     return _event("error", req, **fields)
+
+
+def _pack(items: list[tuple[str, int]]) -> list[str]:
+    """Queued events as few text frames as possible, each at most ``PACKED_FRAME_CHARS``.
+
+    The cap keeps packed frames under common client limits (the ``websockets`` library
+    refuses frames over 1 MiB by default) however far behind the writer fell.
+    """
+    if len(items) == 1:
+        return [items[0][0]]
+    frames: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for item, _ in items:
+        if batch and size + len(item) > PACKED_FRAME_CHARS:
+            frames.append("\n".join(batch))
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item) + 1
+    frames.append("\n".join(batch))
+    return frames
 
 
 def _salvage_req(text: str) -> int | str | None:
@@ -190,8 +212,8 @@ class Connection:
             items = await self.queue.take()
             if not items:
                 return
-            text = items[0][0] if len(items) == 1 else "\n".join(item for item, _ in items)
-            await self.ws.send_text(text)
+            for frame in _pack(items):
+                await self.ws.send_text(frame)
             now_ms = time.time() * 1000
             sent = 0
             for _, ts in items:
