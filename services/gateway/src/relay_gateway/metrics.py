@@ -44,7 +44,8 @@ class GatewayMetrics(CommonMetrics):
         )
         self.delivery_lag = Histogram(
             "relay_delivery_lag_seconds",
-            "End-to-end lag: message publish time (its id's milliseconds) to send",
+            "End-to-end lag, publish time (the id's milliseconds) to send; one observation per "
+            "write, for the oldest message it carries",
             ["transport"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
