@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -141,6 +142,7 @@ async def test_live_reset_is_a_gap_event(
         await ws.messages(2)
         # The stream is lost (as if Valkey restarted without its data) and written again.
         await valkey_client.delete([f"relay:{{{topic}}}:s"])
+        await asyncio.sleep(0.005)  # new ids must pass the old ones for XREAD to see them
         again = await publish(valkey_client, topic, [3])
         assert id_key(again[0]) > id_key(first[-1])
         gap = await ws.expect("gap")
