@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -60,3 +61,24 @@ async def test_metrics_count_deliveries_and_lag(
     ):
         assert name in values
     assert all(key.startswith(("relay_", "python_", "process_")) for key in values)
+
+
+async def test_topic_is_dropped_after_the_linger(gateway: Gateway, topic: str) -> None:
+    async with gateway(topic_linger=0.2) as server, ws_client(server) as ws:
+        await ws.subscribe(topic)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+
+            async def active_topics() -> float:
+                text = (await http.get("/metrics")).text
+                line = next(x for x in text.splitlines() if x.startswith("relay_gateway_topics "))
+                return float(line.split()[1])
+
+            assert await active_topics() == 1
+            await ws.send(op="unsubscribe", topic=topic)
+            await ws.expect("unsubscribed")
+            for _ in range(100):
+                if await active_topics() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the idle topic was never dropped")
