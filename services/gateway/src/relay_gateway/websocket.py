@@ -168,8 +168,10 @@ class Connection:
             tasks = [
                 group.create_task(self._guard(self._write())),
                 group.create_task(self._guard(self._read())),
-                group.create_task(self._guard(self._watch_expiry())),
             ]
+            if self.state.auth.enabled:
+                # Without auth nothing expires: idle connections save a task each.
+                tasks.append(group.create_task(self._guard(self._watch_expiry())))
             await self.closing.wait()
             for task in tasks:
                 task.cancel()
