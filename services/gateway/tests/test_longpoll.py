@@ -108,3 +108,23 @@ async def test_cors_on_poll(gateway: Gateway, topic: str) -> None:
             headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
         )
         assert preflight.status_code == 200
+
+
+async def test_extreme_cursors_are_answered(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    ids = await publish(valkey_client, topic, [1])
+    largest = "18446744073709551615-18446744073709551615"
+    async with gateway() as server, httpx.AsyncClient(base_url=server.url) as http:
+        for since, recovered in ((largest, False), ("18446744073709551615", True), ("0", True)):
+            body = (
+                await http.get(
+                    "/api/v1/poll", params={"topic": topic, "since": since, "timeout": "0"}
+                )
+            ).json()
+            assert body["recovered"] is recovered, since
+            expected = ids if since != "18446744073709551615" else []
+            assert [m["id"] for m in body["messages"]] == expected, since
+        too_big = "18446744073709551616-0"
+        response = await http.get("/api/v1/poll", params={"topic": topic, "since": too_big})
+        assert response.status_code == 422

@@ -90,8 +90,9 @@ class Topic:
     def detached(cls, name: str) -> Topic:
         """A topic no reader feeds (a plain history read): its empty window covers nothing."""
         topic = cls(name)
+        # covers(c) needs base <= c and c <= position: no cursor satisfies both.
         topic.hot.base = StreamId(MAX_SEQ, MAX_SEQ)
-        topic.position = topic.hot.base
+        topic.position = ZERO
         return topic
 
 

@@ -26,10 +26,13 @@ from glide import GlideError
 
 from relay_gateway.hot import Message
 from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic, Unavailable
-from relaycore.ids import ZERO, Cursor, StreamId
+from relaycore.ids import MAX_SEQ, ZERO, Cursor, StreamId
 from relaycore.streams import read_after, stream_info
 
 __all__ = ["Resume", "catch_up", "decide", "read_history", "stream_end"]
+
+
+LAST_POSSIBLE_ID = StreamId(MAX_SEQ, MAX_SEQ)
 
 
 @dataclass(slots=True)
@@ -50,6 +53,8 @@ class Resume:
 
 
 async def read_history(hub: Hub, topic: Topic, after: StreamId, count: int) -> list[Message]:
+    if after == LAST_POSSIBLE_ID:
+        return []  # nothing can follow it, and Valkey rejects an exclusive range starting there
     try:
         entries = await read_after(hub.client, topic.name, after, count)
     except GlideError as error:
