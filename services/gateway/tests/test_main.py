@@ -86,6 +86,15 @@ async def test_sigterm_drains_every_client_and_exits_within_grace(
             poll = asyncio.create_task(
                 http.get("/api/v1/poll", params={"topic": topic, "timeout": "50"})
             )
+
+            async def sse_until_end() -> int:
+                lines = 0
+                async with http.stream("GET", "/api/v1/sse", params={"topic": topic}) as stream:
+                    async for _ in stream.aiter_lines():
+                        lines += 1
+                return lines
+
+            sse = asyncio.create_task(sse_until_end())
             await asyncio.sleep(0.3)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
@@ -100,6 +109,7 @@ async def test_sigterm_drains_every_client_and_exits_within_grace(
 
             results = await asyncio.gather(*(close_code(client) for client in clients))
             answer = await poll
+            assert await asyncio.wait_for(sse, grace) >= 1  # the stream ended cleanly
             assert answer.status_code == 200
             assert answer.json()["messages"] == []
             assert answer.json()["next"]
