@@ -192,11 +192,11 @@ class Connection:
             return
         try:
             async with asyncio.timeout(self.settings.ws_ping_interval):
-                pending = [item for item, _ in await self._take_now()]
+                pending = await self._take_now()
                 if self.final_event is not None:
-                    pending.append(self.final_event)
-                if pending:
-                    await self.ws.send_text("\n".join(pending))
+                    pending.append((self.final_event, 0))
+                for frame in _pack(pending) if pending else ():
+                    await self.ws.send_text(frame)
                 await self.ws.close(code, self.close_reason)
         except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
             # The peer is gone or not reading: nothing more can reach it.
