@@ -223,12 +223,6 @@ class Settings:
                 self.auth,
                 "jwt needs RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE or RELAY_JWT_JWKS_FILE",
             )
-        if self.shutdown_drain >= self.shutdown_grace:
-            raise ConfigError(
-                "RELAY_SHUTDOWN_DRAIN",
-                str(self.shutdown_drain),
-                "must be shorter than RELAY_SHUTDOWN_GRACE",
-            )
         if self.max_message_bytes > self.max_body_bytes:
             raise ConfigError(
                 "RELAY_MAX_MESSAGE_BYTES",

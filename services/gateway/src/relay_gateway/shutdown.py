@@ -5,7 +5,8 @@
 3. End long-polls at once with their cursor and end SSE streams: both reconnect cheaply and
    resume exactly from their cursor / ``Last-Event-ID``.
 4. Close WebSockets with 1012 (service restart), spread evenly over ``RELAY_SHUTDOWN_DRAIN``
-   so their reconnects do not arrive at the other gateways as one stampede.
+   (at most half of ``RELAY_SHUTDOWN_GRACE``) so their reconnects do not arrive at the other
+   gateways as one stampede.
 5. uvicorn's shutdown: close what is left, wait for running tasks at most the rest of
    ``RELAY_SHUTDOWN_GRACE``, then the lifespan shutdown stops the readers and closes Valkey
    clients. The process exits before the grace period ends.
@@ -47,7 +48,8 @@ class Drain:
     """The registry of open client connections and the drain procedure."""
 
     def __init__(self, settings: Settings) -> None:
-        self.window = settings.shutdown_drain
+        # At most half the grace period, so uvicorn's own stage and the exit still fit in it.
+        self.window = min(settings.shutdown_drain, settings.shutdown_grace / 2)
         self.draining = False
         self.websockets: set[Drainable] = set()
         self.streams: set[Drainable] = set()  # SSE streams and long-polls
