@@ -14,7 +14,7 @@ from relaycore.auth import Authenticator, Principal, bearer_token
 from relaycore.settings import Settings
 from relaycore.valkey import ValkeyClient
 
-__all__ = ["GatewayState", "credentials", "gateway_state"]
+__all__ = ["GatewayState", "authenticate", "credentials", "gateway_state"]
 
 
 @dataclass
