@@ -95,9 +95,13 @@ async def test_sigterm_drains_every_client_and_exits_within_grace(
                 return lines
 
             sse = asyncio.create_task(sse_until_end())
+            assert (await http.get("/ready")).status_code == 200  # leaves a keep-alive connection
             await asyncio.sleep(0.3)
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # New connections are refused now; an existing one sees the gateway not ready.
+            assert (await http.get("/ready")).status_code == 503
 
             async def close_code(client: WsClient) -> tuple[int | None, float]:
                 with pytest.raises(websockets.ConnectionClosed) as closed:
