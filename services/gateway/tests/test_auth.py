@@ -60,13 +60,13 @@ async def test_subscribe_permission_per_topic(gateway: Gateway, topic: str) -> N
 
 async def test_expired_token_closes_4401_unless_refreshed(gateway: Gateway, topic: str) -> None:
     async with secured(gateway) as server:
-        headers = {"Authorization": f"Bearer {token([topic], lifetime=2)}"}
+        headers = {"Authorization": f"Bearer {token([topic], lifetime=3)}"}
         async with ws_client(server, additional_headers=headers) as refreshed:
             await refreshed.subscribe(topic)
             await refreshed.send(op="auth", token=token([topic], lifetime=60))
             async with ws_client(server, additional_headers=headers) as expiring:
                 await expiring.subscribe(topic)
-                assert (await expiring.expect("error", wait=5))["code"] == "token_expired"
+                assert (await expiring.expect("error", wait=8))["code"] == "token_expired"
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await expiring.event()
                 assert closed.value.rcvd is not None
