@@ -1,0 +1,81 @@
+"""``relay-gateway`` / ``python -m relay_gateway``: run the gateway with uvicorn.
+
+An invalid ``RELAY_*`` value stops the process at start with one line on stderr naming the
+variable (exit code 1). uvicorn runs with uvloop and httptools, and the sans-I/O ``websockets``
+implementation: no task per connection and no per-connection keepalive task (pings are timers),
+which holds many idle connections with the least memory. permessage-deflate stays off (its
+per-connection zlib buffers cost ~100s of KiB each), inbound frames are capped at
+``RELAY_MAX_WS_FRAME_BYTES`` (larger: close 1009), and uvicorn pings every
+``RELAY_WS_PING_INTERVAL`` and drops peers that do not answer within another interval.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvicorn
+
+from relay_gateway import redact
+from relay_gateway.app import create_app
+from relay_gateway.shutdown import Drain, GatewayServer
+from relaycore.logging import configure_logging, uvicorn_log_config
+from relaycore.settings import ConfigError, Settings
+
+__all__ = ["main"]
+
+
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    return {
+        "host": settings.gateway_host,
+        "port": settings.gateway_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.max_ws_frame_bytes,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_interval,
+        "log_config": uvicorn_log_config(),
+        "log_level": settings.log_level,
+        "lifespan": "on",
+        "proxy_headers": True,
+    }
+
+
+def app_from_env() -> object:
+    """Factory for uvicorn's multi-worker mode (``RELAY_WORKERS`` > 1)."""
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_level, settings.log_format)
+    redact.install()
+    return create_app(settings)
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as error:
+        print(f"relay-gateway: {error}", file=sys.stderr)
+        sys.exit(1)
+    configure_logging(settings.log_level, settings.log_format)
+    redact.install()
+    options = uvicorn_options(settings)
+    if settings.workers > 1:
+        # Worker processes build their own app; uvicorn's shutdown closes WebSockets with 1012
+        # at once instead of spreading them over the drain window.
+        uvicorn.run(
+            "relay_gateway.__main__:app_from_env",
+            factory=True,
+            workers=settings.workers,
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
+            **options,  # type: ignore[arg-type]  # uvicorn.run keywords
+        )
+        return
+    drain = Drain(settings)
+    app = create_app(settings, drain=drain)
+    config = uvicorn.Config(app, **options)  # type: ignore[arg-type]  # uvicorn.Config keywords
+    GatewayServer(config, drain, settings.shutdown_grace).run()
+
+
+if __name__ == "__main__":
+    main()

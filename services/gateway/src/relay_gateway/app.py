@@ -1,0 +1,235 @@
+"""The gateway application: ``create_app(settings, *, valkey=None)``.
+
+The lifespan builds everything the handlers use — the Valkey client for non-blocking commands
+(or the one injected by tests), the reader pool with its dedicated blocking clients, the hub,
+metrics, the authenticator and the drain registry — and keeps them in one typed
+:class:`~relay_gateway.state.GatewayState`. One TaskGroup owns the readers and the hub's sweeper;
+shutdown cancels and awaits them before the clients close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+from glide import GlideError, InfoSection
+from msgspec import Meta
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from relay_gateway.hub import Hub
+from relay_gateway.longpoll import (
+    DEFAULT_LIMIT,
+    DEFAULT_TIMEOUT,
+    MAX_LIMIT,
+    MAX_TIMEOUT,
+    poll_endpoint,
+)
+from relay_gateway.metrics import GatewayMetrics
+from relay_gateway.readers import ReaderPool
+from relay_gateway.shutdown import Drain
+from relay_gateway.sse import sse_endpoint
+from relay_gateway.state import GatewayState, gateway_state
+from relay_gateway.websocket import ClientFrame, websocket_endpoint
+from relaycore.auth import Authenticator
+from relaycore.http import cors_middleware, docs_page, exception_handlers, openapi_document
+from relaycore.metrics import metrics_endpoint
+from relaycore.models import Envelope, ErrorBody
+from relaycore.settings import Settings
+from relaycore.tracing import Tracing
+from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("relay_gateway")
+
+
+class PollResponse(msgspec.Struct):
+    """A long-poll answer."""
+
+    topic: str
+    messages: list[Envelope]
+    next: Annotated[str, Meta(description="The cursor to send as since on the next call")]
+    recovered: Annotated[
+        bool, Meta(description="false when messages after since were trimmed or the stream reset")
+    ]
+
+
+class GapEvent(msgspec.Struct, rename={"from_": "from"}):
+    """Messages were lost (trimmed) or the stream was reset; delivery continues at ``from``."""
+
+    topic: str
+    reason: Annotated[str, Meta(pattern="^(trimmed|reset)$")]
+    from_: str
+
+
+def _query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> Any:
+    return {"name": name, "in": "query", "required": required, "description": description,
+            "schema": schema}  # fmt: skip
+
+
+_TOPIC = _query("topic", "Topic name", {"type": "string"}, required=True)
+_SINCE = _query("since", "Cursor: a message id, or a millisecond timestamp", {"type": "string"})
+_ERRORS = {
+    str(status): {"description": text, "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/ErrorBody"}}}}
+    for status, text in [(401, "No or invalid credentials"), (403, "Topic not permitted"),
+                         (422, "Invalid query parameter"), (503, "Storage unavailable")]
+}  # fmt: skip
+
+
+def _openapi() -> dict[str, Any]:
+    paths = {
+        "/api/v1/poll": {"get": {
+            "summary": "Long-poll a topic",
+            "parameters": [
+                _TOPIC, _SINCE,
+                _query("timeout", f"Seconds to wait (default {DEFAULT_TIMEOUT:g}, 0 = no wait)",
+                       {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT}),
+                _query("limit", f"Most messages per answer (default {DEFAULT_LIMIT})",
+                       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+            ],
+            "responses": {"200": {"description": "Messages after since", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/PollResponse"}}}},
+                **_ERRORS},
+        }},
+        "/api/v1/sse": {"get": {
+            "summary": "Server-Sent Events stream of a topic (Last-Event-ID overrides since)",
+            "parameters": [_TOPIC, _SINCE],
+            "responses": {"200": {"description": "event: message (data: Envelope), event: gap "
+                                  "(data: GapEvent)", "content": {"text/event-stream": {}}},
+                          **_ERRORS},
+        }},
+        "/api/v1/ws": {"get": {
+            "summary": "WebSocket: send ClientFrame ops; receive newline-separated events",
+            "responses": {"101": {"description": "Switching protocols"},
+                          "403": {"description": "Origin not allowed"}},
+        }},
+        "/health": {"get": {"summary": "Process alive",
+                            "responses": {"200": {"description": "ok"}}}},
+        "/ready": {"get": {"summary": "Valkey reachable, readers running, not draining",
+                           "responses": {"200": {"description": "ready"},
+                                         "503": {"description": "not ready"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition"}}}},
+    }  # fmt: skip
+    return openapi_document(
+        title="Pulsar Relay gateway",
+        version="1",
+        description="Consumers' API: WebSocket, long-poll and SSE with exact resume.",
+        paths=paths,
+        types=[PollResponse, Envelope, GapEvent, ClientFrame, ErrorBody],
+    )
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state = gateway_state(request)
+    if state.drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    try:
+        async with asyncio.timeout(state.settings.valkey_timeout):
+            info: Any = await state.client.info([InfoSection.PERSISTENCE])
+    except (GlideError, TimeoutError):
+        state.metrics.read_errors.inc()
+        return JSONResponse({"status": "valkey unreachable"}, status_code=503)
+    text = b"".join(info.values()) if isinstance(info, dict) else info
+    if b"loading:1" in text:
+        return JSONResponse({"status": "valkey loading"}, status_code=503)
+    if not state.readers.healthy:
+        return JSONResponse({"status": "readers failing"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(
+    settings: Settings, *, valkey: ValkeyClient | None = None, drain: Drain | None = None
+) -> Starlette:
+    """The gateway app; ``valkey`` injects an existing client for non-blocking commands.
+
+    ``drain`` is shared with :class:`~relay_gateway.shutdown.GatewayServer`, whose SIGTERM
+    handling runs the drain before uvicorn's own shutdown.
+    """
+    openapi = _openapi()
+    drainer = drain or Drain(settings)
+
+    async def metrics(request: Request) -> Response:
+        return metrics_endpoint(gateway_state(request).metrics.registry)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    async def docs(request: Request) -> HTMLResponse:
+        return docs_page("Pulsar Relay gateway")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dsn = ValkeyDsn.from_dsn(settings.valkey_url)
+        cluster = settings.valkey_cluster
+        timeout = settings.valkey_timeout
+        client = valkey or await create_client(
+            dsn, cluster=cluster, name="relay-gateway", request_timeout=timeout
+        )
+        reader_clients: list[ValkeyClient] = []
+        tracing = Tracing("relay-gateway", settings.otlp_endpoint)
+        try:
+            for index in range(settings.reader_pool_size):
+                reader_clients.append(
+                    await create_client(
+                        dsn, cluster=cluster, name=f"relay-gateway-reader-{index}",
+                        request_timeout=timeout,
+                    )
+                )  # fmt: skip
+            metrics = GatewayMetrics()
+            readers = ReaderPool(reader_clients, settings, metrics)
+            tracer = tracing.tracer if tracing.enabled else None
+            hub = Hub(settings, client, metrics, readers, tracer)
+            app.state.gateway = GatewayState(
+                settings=settings,
+                client=client,
+                hub=hub,
+                readers=readers,
+                metrics=metrics,
+                auth=Authenticator.from_settings(settings),
+                drain=drainer,
+            )
+            async with asyncio.TaskGroup() as group:
+                tasks = readers.start(hub, group)
+                tasks.append(group.create_task(hub.sweep_forever(), name="relay-hub-sweeper"))
+                log.info("gateway_started", valkey=dsn.redacted(), readers=len(reader_clients))
+                try:
+                    yield
+                finally:
+                    await drainer.run()
+                    for task in tasks:
+                        task.cancel()
+        finally:
+            for reader_client in reader_clients:
+                await reader_client.close()
+            if valkey is None:
+                await client.close()
+            tracing.shutdown()
+
+    return Starlette(
+        routes=[
+            WebSocketRoute("/api/v1/ws", websocket_endpoint),
+            Route("/api/v1/poll", poll_endpoint, methods=["GET"]),
+            Route("/api/v1/sse", sse_endpoint, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/docs", docs, methods=["GET"]),
+        ],
+        middleware=cors_middleware(settings, ["GET"]),
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )

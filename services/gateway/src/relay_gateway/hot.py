@@ -1,0 +1,208 @@
+"""Messages as the gateway holds them, and the hot tier: each topic's recent window in memory.
+
+A :class:`Message` is built once when a reader (or a history read) brings an entry in, and
+carries its delivery encodings, each made once on first use and then shared by every
+subscriber of that transport: the envelope JSON (long-poll), the WebSocket ``message`` event and
+the SSE event block.
+
+A :class:`HotWindow` holds *every* message of its topic with id in ``(base, newest]`` — a
+contiguous run, never a sample — so a resume from a cursor at or after ``base`` is answered
+exactly from memory. It is capped per topic by age (``RELAY_HOT_WINDOW``) and count
+(``RELAY_HOT_MAX_MESSAGES``); :class:`HotTier` caps all windows together by bytes
+(``RELAY_HOT_MAX_BYTES``), evicting from the topics that received a message least recently.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import OrderedDict
+
+import msgspec
+
+from relaycore.ids import ZERO, StreamId
+from relaycore.streams import StreamEntry
+
+__all__ = ["HotTier", "HotWindow", "Message"]
+
+_json = msgspec.json.Encoder()
+# Fixed per-message overhead of the Python objects, for the byte cap's estimate.
+_OVERHEAD = 240
+
+
+class Message:
+    """One delivered message: id, previous id (for gap detection) and its encodings."""
+
+    __slots__ = ("_sse", "_ws", "envelope", "id", "previous")
+
+    def __init__(self, id: StreamId, previous: StreamId, envelope: bytes) -> None:
+        self.id = id
+        self.previous = previous
+        self.envelope = envelope
+        self._ws: str | None = None
+        self._sse: bytes | None = None
+
+    @classmethod
+    def from_entry(cls, topic_json: bytes, entry: StreamEntry) -> Message:
+        """Build the envelope ``{"topic","id","ts","payload","headers"?}`` by concatenation.
+
+        The payload and headers are stored as JSON by the publish path, so they are spliced in
+        verbatim: the payload comes back byte-for-byte as posted, and nothing is re-encoded.
+        """
+        id_text = str(entry.id).encode()
+        parts = [
+            b'{"topic":',
+            topic_json,
+            b',"id":"',
+            id_text,
+            b'","ts":',
+            str(entry.id.ms).encode(),
+            b',"payload":',
+            entry.payload,
+        ]
+        if entry.headers and entry.headers != b"{}":
+            parts += [b',"headers":', entry.headers]
+        parts.append(b"}")
+        return cls(entry.id, entry.previous, b"".join(parts))
+
+    @property
+    def ts(self) -> int:
+        return self.id.ms
+
+    @property
+    def ws_text(self) -> str:
+        """The WebSocket event ``{"op":"message",<envelope fields>}``, encoded once."""
+        if self._ws is None:
+            self._ws = '{"op":"message",' + self.envelope[1:].decode()
+        return self._ws
+
+    @property
+    def sse_bytes(self) -> bytes:
+        """The SSE event block (``id``, ``event: message``, ``data``), encoded once."""
+        if self._sse is None:
+            self._sse = (
+                b"id: " + str(self.id).encode() + b"\nevent: message\ndata: " + self.envelope
+                + b"\n\n"
+            )  # fmt: skip
+        return self._sse
+
+    @property
+    def size(self) -> int:
+        # Envelope plus, once made, the two transport encodings; a stable estimate.
+        return 3 * len(self.envelope) + _OVERHEAD
+
+
+def topic_json(topic: str) -> bytes:
+    return _json.encode(topic)
+
+
+class HotWindow:
+    """Every message of one topic with id in ``(base, newest]``, oldest first."""
+
+    __slots__ = ("_ids", "_messages", "_start", "base", "bytes")
+
+    def __init__(self, base: StreamId = ZERO) -> None:
+        # A list plus a start offset: O(1) amortized eviction from the front, and bisect.
+        self._messages: list[Message] = []
+        self._ids: list[StreamId] = []
+        self._start = 0
+        self.base = base
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._messages) - self._start
+
+    @property
+    def newest(self) -> StreamId:
+        return self._ids[-1] if len(self) else self.base
+
+    def covers(self, after: StreamId) -> bool:
+        """Whether every message with id > ``after`` (up to the newest) is held here."""
+        return self.base <= after
+
+    def append(self, message: Message) -> int:
+        """Add the next message; returns the bytes added. A break in the chain restarts."""
+        if message.previous != self.newest:
+            # Trimmed or reset upstream: what we hold no longer joins this message.
+            self.clear(message.previous)
+        self._messages.append(message)
+        self._ids.append(message.id)
+        size = message.size
+        self.bytes += size
+        return size
+
+    def after(self, cursor: StreamId, limit: int | None = None) -> list[Message]:
+        """Messages with id > ``cursor``, oldest first, at most ``limit``."""
+        index = bisect.bisect_right(self._ids, cursor, lo=self._start)
+        end = len(self._messages) if limit is None else min(len(self._messages), index + limit)
+        return self._messages[index:end]
+
+    def pop_oldest(self) -> int:
+        """Drop the oldest message; returns the bytes freed."""
+        message = self._messages[self._start]
+        self._messages[self._start] = None  # type: ignore[call-overload]  # freed slot, compacted below
+        self._start += 1
+        self.base = message.id
+        size = message.size
+        self.bytes -= size
+        if self._start > 64 and self._start * 2 > len(self._messages):
+            del self._messages[: self._start]
+            del self._ids[: self._start]
+            self._start = 0
+        return size
+
+    def evict(self, max_messages: int, oldest_ms: int) -> int:
+        """Drop messages beyond the count cap or older than ``oldest_ms``; returns bytes freed."""
+        freed = 0
+        while len(self) and (len(self) > max_messages or self._ids[self._start].ms < oldest_ms):
+            freed += self.pop_oldest()
+        return freed
+
+    def clear(self, base: StreamId) -> int:
+        freed = self.bytes
+        self._messages.clear()
+        self._ids.clear()
+        self._start = 0
+        self.base = base
+        self.bytes = 0
+        return freed
+
+
+class HotTier:
+    """All topics' windows under one byte cap; the least recently fed topics lose bytes first."""
+
+    def __init__(self, *, window: float, max_messages: int, max_bytes: int) -> None:
+        self.window_ms = int(window * 1000)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # name → window, ordered from least to most recently fed.
+        self._recency: OrderedDict[str, HotWindow] = OrderedDict()
+
+    def add(self, name: str, window: HotWindow, message: Message) -> None:
+        self.bytes += window.append(message)
+        self._recency[name] = window
+        self._recency.move_to_end(name)
+        self.bytes -= window.evict(self.max_messages, self._oldest_ms())
+        if self.bytes > self.max_bytes:
+            self._evict_coldest()
+
+    def forget(self, name: str, window: HotWindow) -> None:
+        self._recency.pop(name, None)
+        self.bytes -= window.clear(window.newest)
+
+    def sweep(self) -> None:
+        """Age out old messages of topics that have gone quiet."""
+        oldest_ms = self._oldest_ms()
+        for window in list(self._recency.values()):
+            self.bytes -= window.evict(self.max_messages, oldest_ms)
+
+    def _oldest_ms(self) -> int:
+        return int(time.time() * 1000) - self.window_ms
+
+    def _evict_coldest(self) -> None:
+        for window in list(self._recency.values()):
+            while len(window) and self.bytes > self.max_bytes:
+                self.bytes -= window.pop_oldest()
+            if self.bytes <= self.max_bytes:
+                return

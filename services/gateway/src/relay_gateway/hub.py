@@ -1,0 +1,324 @@
+"""Topics this gateway serves, their subscribers, and fan-out with an exact history→live seam.
+
+Model (after centrifugal/centrifuge's hub): a :class:`Topic` exists while it has local
+subscribers (and for ``RELAY_TOPIC_LINGER`` after the last leaves). A reader feeds it entries in
+id order through :meth:`Hub.dispatch`, which builds each :class:`~relay_gateway.hot.Message`
+once, appends it to the topic's hot window and offers it to every :class:`Feed`.
+
+A :class:`Feed` is one subscription of one consumer. It is registered *before* history is read
+and buffers live messages while the history is delivered; going live then replays the buffer,
+dropping every id at or below the last one delivered. Every message handed to the sink passes a
+chain check — its ``previous`` id must be the id delivered before it — so a trimmed or reset
+stream is always reported as a gap, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import structlog
+from glide import GlideError
+from opentelemetry.trace import SpanKind, Tracer
+
+from relay_gateway.hot import HotTier, HotWindow, Message, topic_json
+from relay_gateway.metrics import GatewayMetrics
+from relaycore.ids import MAX_SEQ, ZERO, StreamId
+from relaycore.keys import stream_key
+from relaycore.models import decode_headers
+from relaycore.settings import Settings
+from relaycore.streams import StreamEntry, stream_info
+from relaycore.tracing import link_from_traceparent
+from relaycore.valkey import ValkeyClient
+
+if TYPE_CHECKING:
+    from relay_gateway.readers import ReaderPool
+
+__all__ = ["RESET", "TRIMMED", "Feed", "Hub", "Sink", "Topic", "Unavailable"]
+
+log = structlog.get_logger("relay_gateway.hub")
+
+TRIMMED = "trimmed"
+RESET = "reset"
+
+
+class Unavailable(Exception):
+    """Valkey could not be reached to start or resume a subscription."""
+
+
+class Sink(Protocol):
+    """Where a feed's messages go: a WebSocket connection, an SSE stream, a long-poll."""
+
+    def deliver(self, message: Message) -> None: ...
+
+    def gap(self, topic: str, reason: str, first: Message) -> None: ...
+
+    def overflow(self) -> None: ...
+
+
+class Topic:
+    """One topic's live state on this gateway."""
+
+    __slots__ = (
+        "feeds",
+        "hot",
+        "idle_since",
+        "json",
+        "key",
+        "name",
+        "position",
+        "ready",
+        "users",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.json = topic_json(name)
+        self.key = stream_key(name)
+        # The last id read from Valkey (all messages up to it were dispatched).
+        self.position = ZERO
+        self.hot = HotWindow()
+        self.feeds: set[Feed] = set()
+        self.users = 0
+        self.idle_since: float | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    def detached(cls, name: str) -> Topic:
+        """A topic no reader feeds (a plain history read): its empty window covers nothing."""
+        topic = cls(name)
+        # covers(c) needs base <= c and c <= position: no cursor satisfies both.
+        topic.hot.base = StreamId(MAX_SEQ, MAX_SEQ)
+        topic.position = ZERO
+        return topic
+
+
+# Chain-check modes of a feed's next message.
+_STRICT = 0  # previous must equal the last id delivered
+_LOOSE = 1  # first message after a client cursor: previous may be older, never newer
+_ACCEPT = 2  # first message after a gap already reported: take it as is
+
+
+class Feed:
+    """One subscriber of one topic: buffers while catching up, then delivers live."""
+
+    __slots__ = (
+        "buffer",
+        "buffer_bytes",
+        "buffer_limit",
+        "catching_up",
+        "delivered",
+        "lost",
+        "mode",
+        "pending_gap",
+        "sink",
+        "topic",
+    )
+
+    def __init__(self, topic: Topic, sink: Sink, buffer_limit: int) -> None:
+        self.topic = topic
+        self.sink = sink
+        self.delivered = topic.position
+        self.mode = _STRICT
+        self.pending_gap: str | None = None
+        self.catching_up = True
+        self.buffer: list[Message] = []
+        self.buffer_bytes = 0
+        self.buffer_limit = buffer_limit
+        self.lost = False  # the buffer overflowed: the sink is being cut off
+
+    def resume_after(self, after: StreamId, *, check: bool, pending_gap: str | None = None) -> None:
+        """Deliver next what follows ``after``; ``check`` whether its first message may show a gap.
+
+        ``pending_gap`` reports a gap known now whose first message is not yet known (the
+        stream holds nothing after the cursor): it goes out just before that message.
+        """
+        self.delivered = after
+        self.mode = _LOOSE if check else _ACCEPT
+        self.pending_gap = pending_gap
+
+    def offer(self, message: Message) -> None:
+        """A live message from the reader."""
+        if self.catching_up:
+            if self.lost:
+                return
+            self.buffer.append(message)
+            self.buffer_bytes += len(message.envelope)
+            if self.buffer_bytes > self.buffer_limit:
+                self.buffer.clear()
+                self.lost = True
+                self.sink.overflow()
+            return
+        self.deliver(message)
+
+    def deliver(self, message: Message) -> None:
+        if message.id <= self.delivered:
+            return  # already delivered: the history/live overlap at the seam
+        previous = message.previous
+        if self.mode == _STRICT:
+            if previous != self.delivered:
+                self.sink.gap(
+                    self.topic.name, TRIMMED if previous > self.delivered else RESET, message
+                )
+        elif self.pending_gap is not None:
+            self.sink.gap(self.topic.name, self.pending_gap, message)
+            self.pending_gap = None
+        elif self.mode == _LOOSE and previous > self.delivered:
+            self.sink.gap(self.topic.name, TRIMMED, message)
+        self.mode = _STRICT
+        self.delivered = message.id
+        self.sink.deliver(message)
+
+    def go_live(self) -> None:
+        """Replay what arrived while catching up (minus what history already gave), then live."""
+        buffered, self.buffer = self.buffer, []
+        self.buffer_bytes = 0
+        self.catching_up = False
+        for message in buffered:
+            self.deliver(message)
+
+
+class Hub:
+    """Topics by name, their readers, the hot tier, and fan-out."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: ValkeyClient,
+        metrics: GatewayMetrics,
+        readers: ReaderPool,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.settings = settings
+        # Only when tracing is on: a delivery span per message, linked to the producer's span.
+        self.tracer = tracer
+        self.client = client
+        self.metrics = metrics
+        self.readers = readers
+        self.topics: dict[str, Topic] = {}
+        self.hot = HotTier(
+            window=settings.hot_window,
+            max_messages=settings.hot_max_messages,
+            max_bytes=settings.hot_max_bytes,
+        )
+
+    async def acquire(self, name: str) -> Topic:
+        """The topic, started if new: its reader begins at the stream's current last id."""
+        topic = self.topics.get(name)
+        if topic is not None:
+            topic.users += 1
+            topic.idle_since = None
+            try:
+                await asyncio.shield(topic.ready)
+            except BaseException:
+                self.release(topic)
+                raise
+            return topic
+        topic = Topic(name)
+        topic.users = 1
+        self.topics[name] = topic
+        try:
+            info = await stream_info(self.client, name)
+        except BaseException as error:
+            if self.topics.get(name) is topic:
+                del self.topics[name]
+            topic.ready.set_exception(Unavailable(str(error)))
+            topic.ready.exception()  # retrieved here; waiters get it through shield()
+            if isinstance(error, GlideError):
+                self.metrics.read_errors.inc()
+                raise Unavailable(str(error)) from None
+            raise
+        topic.position = info.last_generated_id if info is not None else ZERO
+        topic.hot.base = topic.position
+        self.readers.add(topic)
+        self.metrics.active_topics.set(len(self.topics))
+        topic.ready.set_result(None)
+        return topic
+
+    def active(self, name: str) -> Topic | None:
+        """The topic if a reader already feeds it."""
+        topic = self.topics.get(name)
+        if topic is not None and topic.ready.done() and topic.ready.exception() is None:
+            return topic
+        return None
+
+    def release(self, topic: Topic) -> None:
+        topic.users -= 1
+        if topic.users <= 0:
+            topic.users = 0
+            topic.idle_since = time.monotonic()
+
+    def attach(self, topic: Topic, sink: Sink) -> Feed:
+        """Register a feed that buffers live messages until :meth:`Feed.go_live`."""
+        feed = Feed(topic, sink, self.settings.max_queue_bytes)
+        topic.feeds.add(feed)
+        return feed
+
+    def detach(self, feed: Feed) -> None:
+        feed.topic.feeds.discard(feed)
+        self.release(feed.topic)
+
+    def dispatch(self, topic: Topic, entries: Sequence[StreamEntry]) -> None:
+        """Entries read after ``topic.position``, in id order: cache once, offer to every feed."""
+        for entry in entries:
+            if entry.id <= topic.position:
+                continue
+            message = Message.from_entry(topic.json, entry)
+            topic.position = entry.id
+            self.hot.add(topic.name, topic.hot, message)
+            if self.tracer is not None and entry.headers and b"traceparent" in entry.headers:
+                self._traced_fan_out(topic, message, entry.headers)
+                continue
+            for feed in topic.feeds:
+                feed.offer(message)
+        self.metrics.hot_bytes.set(self.hot.bytes)
+
+    def _traced_fan_out(self, topic: Topic, message: Message, headers: bytes) -> None:
+        assert self.tracer is not None
+        try:
+            traceparent = decode_headers(headers).get("traceparent", "")
+        except msgspec.DecodeError:
+            traceparent = ""
+        link = link_from_traceparent(traceparent)
+        with self.tracer.start_as_current_span(
+            "relay.deliver",
+            kind=SpanKind.CONSUMER,
+            links=[link] if link is not None else None,
+            attributes={
+                "messaging.system": "valkey",
+                "messaging.destination.name": topic.name,
+                "messaging.message.id": str(message.id),
+                "relay.subscribers": len(topic.feeds),
+            },
+        ):
+            for feed in topic.feeds:
+                feed.offer(message)
+
+    def message(self, topic: Topic, entry: StreamEntry) -> Message:
+        """A message built from a history read (not cached: the window holds only live reads)."""
+        return Message.from_entry(topic.json, entry)
+
+    def drop_idle(self, now: float) -> None:
+        linger = self.settings.topic_linger
+        for name, topic in list(self.topics.items()):
+            if (
+                topic.users == 0
+                and topic.idle_since is not None
+                and now - topic.idle_since >= linger
+            ):
+                del self.topics[name]
+                self.readers.remove(topic)
+                self.hot.forget(name, topic.hot)
+        self.metrics.active_topics.set(len(self.topics))
+        self.metrics.hot_bytes.set(self.hot.bytes)
+
+    async def sweep_forever(self) -> None:
+        """Drop topics idle longer than the linger and age out the hot tier."""
+        interval = min(1.0, max(0.05, self.settings.topic_linger / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.drop_idle(time.monotonic())
+            self.hot.sweep()

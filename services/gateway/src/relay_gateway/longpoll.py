@@ -1,0 +1,168 @@
+"""Long-poll, ``GET /api/v1/poll?topic=&since=&timeout=&limit=`` (contract §5).
+
+Answers at once when messages after ``since`` exist (from the hot window or Valkey), else waits
+up to ``timeout`` seconds (default 25, at most 55; 0 = a plain history read) for live ones.
+``limit`` caps the messages per answer (default 100, at most 1000). Without ``since`` it waits for
+messages published after the request arrived. The body is
+``{"topic", "messages", "next", "recovered"}``; ``next`` is the cursor for the next call.
+
+The waiting request is a feed like any other subscriber, registered before history is read, so
+the seam between "nothing yet" and "a message arrived" cannot lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from relay_gateway.hot import Message
+from relay_gateway.hub import Topic, Unavailable
+from relay_gateway.params import (
+    check_access,
+    cursor_param,
+    draining,
+    integer_param,
+    number_param,
+    topic_param,
+    unavailable,
+)
+from relay_gateway.recovery import decide, stream_end
+from relay_gateway.state import GatewayState, gateway_state
+from relaycore.http import JSONBytesResponse
+
+__all__ = ["DEFAULT_LIMIT", "DEFAULT_TIMEOUT", "MAX_LIMIT", "MAX_TIMEOUT", "poll_endpoint"]
+
+DEFAULT_TIMEOUT = 25.0
+MAX_TIMEOUT = 55.0
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+class PollCollector:
+    """The sink of a waiting long-poll: collects up to ``limit`` messages, then wakes it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.messages: list[Message] = []
+        self.gapped = False
+        self.full = False
+        self.wake = asyncio.Event()
+
+    def deliver(self, message: Message) -> None:
+        if not self.full and len(self.messages) < self.limit:
+            self.messages.append(message)
+            self.wake.set()
+
+    def gap(self, topic: str, reason: str, first: Message) -> None:
+        if self.messages:
+            # Answer what came before the gap; the next poll reports the gap.
+            self.full = True
+        else:
+            self.gapped = True
+
+    def overflow(self) -> None:
+        self.full = True
+        self.wake.set()
+
+    def drain(self) -> None:
+        self.wake.set()
+
+
+def _body(topic: Topic, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
+    return b"".join(
+        (
+            b'{"topic":',
+            topic.json,
+            b',"messages":[',
+            b",".join(message.envelope for message in messages),
+            b'],"next":"',
+            next_cursor.encode(),
+            b'","recovered":',
+            b"true" if recovered else b"false",
+            b"}",
+        )
+    )
+
+
+def _answer(
+    state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
+) -> Response:
+    if messages:
+        metrics = state.metrics.transport("poll")
+        now_ms = time.time() * 1000
+        for message in messages:
+            metrics.lag.observe(max(0.0, now_ms - message.ts) / 1000)
+        metrics.deliveries.inc(len(messages))
+        next_cursor = str(messages[-1].id)
+    return JSONBytesResponse(_body(topic, messages, next_cursor, recovered))
+
+
+async def poll_endpoint(request: Request) -> Response:
+    state = gateway_state(request)
+    if state.drain.draining:
+        raise draining()
+    name = topic_param(request)
+    since = request.query_params.get("since")
+    cursor = cursor_param("since", since)
+    timeout = number_param(request, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
+    limit = integer_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    check_access(state, request, name)
+    hub = state.hub
+    try:
+        if timeout == 0:
+            return await _history_read(state, name, since, limit)
+        topic = await hub.acquire(name)
+    except Unavailable:
+        raise unavailable() from None
+    collector = PollCollector(limit)
+    feed = hub.attach(topic, collector)
+    metrics = state.metrics.transport("poll")
+    metrics.connections.inc()
+    state.drain.streams.add(collector)
+    try:
+        if cursor is None:
+            recovered = True
+            next_cursor = str(topic.position)
+        else:
+            try:
+                resume = await decide(hub, topic, cursor, limit)
+            except Unavailable:
+                raise unavailable() from None
+            if resume.messages:
+                return _answer(state, topic, resume.messages, "", resume.recovered)
+            recovered = resume.recovered
+            # A bare-timestamp cursor stays valid as is; after a gap, resume at the stream's end.
+            next_cursor = since if recovered and since is not None else str(resume.after)
+            feed.resume_after(resume.after, check=recovered)
+        feed.go_live()
+        if not collector.messages and not state.drain.draining:
+            try:
+                async with asyncio.timeout(timeout):
+                    await collector.wake.wait()
+            except TimeoutError:
+                pass
+        return _answer(
+            state, topic, collector.messages, next_cursor, recovered and not collector.gapped
+        )
+    finally:
+        state.drain.streams.discard(collector)
+        metrics.connections.dec()
+        hub.detach(feed)
+
+
+async def _history_read(state: GatewayState, name: str, since: str | None, limit: int) -> Response:
+    """``timeout=0``: what is retained after ``since`` now, without waiting or starting a reader."""
+    hub = state.hub
+    active = hub.active(name)
+    topic = active or Topic.detached(name)
+    cursor = cursor_param("since", since)
+    if cursor is None:
+        # Nothing can have been published after the request arrived: answer the stream's end.
+        position = active.position if active is not None else await stream_end(hub, name)
+        return _answer(state, topic, [], str(position), True)
+    resume = await decide(hub, topic, cursor, limit)
+    next_cursor = since if resume.recovered and since is not None else str(resume.after)
+    return _answer(state, topic, resume.messages, next_cursor, resume.recovered)

@@ -1,0 +1,92 @@
+"""Query parameters shared by long-poll and SSE: validated exactly, never clamped (contract §7)."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+
+from relay_gateway.state import GatewayState, authenticate
+from relaycore.auth import AuthError, Principal
+from relaycore.http import ApiError
+from relaycore.ids import Cursor, parse_cursor
+from relaycore.keys import is_valid_topic
+from relaycore.models import ErrorDetail
+
+__all__ = [
+    "check_access",
+    "cursor_param",
+    "draining",
+    "integer_param",
+    "invalid",
+    "number_param",
+    "topic_param",
+    "unavailable",
+]
+
+_DECIMAL = re.compile(r"^\d{1,6}(\.\d{1,6})?$")
+_INTEGER = re.compile(r"^\d{1,9}$")
+
+
+def invalid(name: str, message: str) -> ApiError:
+    return ApiError(
+        422, "validation_error", f"invalid query parameter {name}: {message}",
+        [ErrorDetail(message, path=f"query.{name}")],
+    )  # fmt: skip
+
+
+def topic_param(request: Request) -> str:
+    topic = request.query_params.get("topic")
+    if topic is None:
+        raise invalid("topic", "required")
+    if not is_valid_topic(topic):
+        raise invalid("topic", "must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+    return topic
+
+
+def cursor_param(name: str, value: str | None) -> Cursor | None:
+    if value is None:
+        return None
+    try:
+        return parse_cursor(value)
+    except ValueError as error:
+        raise invalid(name, str(error)) from None
+
+
+def number_param(request: Request, name: str, default: float, low: float, high: float) -> float:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if _DECIMAL.match(text) is None or not low <= float(text) <= high:
+        raise invalid(name, f"expected a number of seconds from {low:g} to {high:g}")
+    return float(text)
+
+
+def integer_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if _INTEGER.match(text) is None or not low <= int(text) <= high:
+        raise invalid(name, f"expected a whole number from {low} to {high}")
+    return int(text)
+
+
+def check_access(state: GatewayState, request: Request, topic: str) -> Principal:
+    """401 without valid credentials, 403 when the token does not permit the topic."""
+    try:
+        principal = authenticate(state, request)
+    except AuthError as error:
+        raise ApiError(
+            401, "unauthorized", str(error), headers={"WWW-Authenticate": "Bearer"}
+        ) from None
+    if not principal.may_subscribe(topic):
+        raise ApiError(403, "forbidden", "not permitted to subscribe to this topic")
+    return principal
+
+
+def unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "storage unavailable", headers={"Retry-After": "1"})
+
+
+def draining() -> ApiError:
+    return ApiError(503, "draining", "the gateway is shutting down", headers={"Retry-After": "1"})

@@ -1,0 +1,192 @@
+"""Server-Sent Events, ``GET /api/v1/sse?topic=&since=`` (contract §5).
+
+Each message is one event block ``id: <id>`` / ``event: message`` / ``data: <envelope>``, so a
+browser's ``EventSource`` reconnects with ``Last-Event-ID`` (which overrides ``since``) and
+resumes exactly. A gap — at the cursor or later, live — is an ``event: gap`` block whose data is
+``{"topic", "reason", "from"}``. A comment line goes out whenever the stream has been quiet for
+``RELAY_SSE_HEARTBEAT`` (15 s), so proxies keep it open and dead peers are noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from relay_gateway.client_queue import OutboundQueue
+from relay_gateway.hot import Message
+from relay_gateway.hub import Feed, Topic, Unavailable
+from relay_gateway.params import (
+    check_access,
+    cursor_param,
+    draining,
+    topic_param,
+    unavailable,
+)
+from relay_gateway.recovery import catch_up, decide
+from relay_gateway.state import GatewayState, gateway_state
+from relaycore.http import ApiError, origin_allowed
+from relaycore.ids import Cursor
+
+__all__ = ["sse_endpoint"]
+
+HISTORY_PAGE = 500
+KEEPALIVE = b": keepalive\n\n"
+_encode = msgspec.json.Encoder().encode
+
+
+class EventStream(Response):
+    """The SSE response: one feed, one outbound queue, a writer with heartbeats."""
+
+    def __init__(self, state: GatewayState, topic: Topic, cursor: Cursor | None) -> None:
+        super().__init__(
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        # A stream has no length: drop the Content-Length: 0 set for the empty initial body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        self.state = state
+        self.topic = topic
+        self.cursor = cursor
+        self.metrics = state.metrics.transport("sse")
+        self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
+        self.ended = asyncio.Event()
+
+    # -- Sink ------------------------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        if not self.queue.push(message.sse_bytes, message.id.ms):
+            self.overflow()
+
+    def gap(self, topic: str, reason: str, first: Message) -> None:
+        data = _encode({"topic": topic, "reason": reason, "from": str(first.id)})
+        if not self.queue.push(b"event: gap\ndata: " + data + b"\n\n"):
+            self.overflow()
+
+    def overflow(self) -> None:
+        if not self.ended.is_set():
+            self.metrics.slow_consumers.inc()
+            self.ended.set()
+
+    def drain(self) -> None:
+        self.ended.set()
+
+    # --------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
+        hub = self.state.hub
+        feed = hub.attach(self.topic, self)
+        self.state.drain.streams.add(self)
+        self.metrics.connections.inc()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._until_disconnect(receive)),
+                    group.create_task(self._write(send)),
+                    group.create_task(self._start(feed)),
+                ]
+                await self.ended.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            self.metrics.connections.dec()
+            self.state.drain.streams.discard(self)
+            hub.detach(feed)
+            self.queue.close()
+        try:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return  # the client is gone
+
+    async def _until_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.ended.set()
+
+    async def _start(self, feed: Feed) -> None:
+        hub = self.state.hub
+        if self.cursor is None:
+            feed.go_live()
+            return
+        try:
+            resume = await decide(hub, self.topic, self.cursor, HISTORY_PAGE)
+            pending_gap = None
+            if not resume.recovered:
+                assert resume.reason is not None
+                if resume.messages:
+                    self.gap(self.topic.name, resume.reason, resume.messages[0])
+                else:
+                    pending_gap = resume.reason
+            feed.resume_after(resume.after, check=resume.check_first, pending_gap=pending_gap)
+
+            async def deliver(messages: list[Message]) -> None:
+                for message in messages:
+                    if self.queue.filling:
+                        await self.queue.room()
+                    feed.deliver(message)
+
+            await catch_up(hub, feed, resume, deliver, HISTORY_PAGE)
+        except Unavailable:
+            # The client reconnects with Last-Event-ID and resumes where it stopped.
+            self.ended.set()
+
+    async def _write(self, send: Send) -> None:
+        heartbeat = self.state.settings.sse_heartbeat
+        lag = self.metrics.lag
+        deliveries = self.metrics.deliveries
+        loop = asyncio.get_running_loop()
+        # A comment goes out at least every heartbeat, busy or quiet, so proxies and clients
+        # can rely on the cadence to tell a live stream from a dead one.
+        next_comment = loop.time() + heartbeat
+        while True:
+            try:
+                async with asyncio.timeout_at(next_comment):
+                    items = await self.queue.take()
+            except TimeoutError:
+                items = None
+            if items is None or loop.time() >= next_comment:
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                next_comment = loop.time() + heartbeat
+            if items is None:
+                continue
+            if not items:
+                return
+            body = items[0][0] if len(items) == 1 else b"".join(item for item, _ in items)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            # One lag observation per write, for its oldest message: the histogram then costs
+            # one lock per write instead of one per delivery, and still shows the worst lag.
+            sent = 0
+            oldest = 0
+            for _, ts in items:
+                if ts:
+                    sent += 1
+                    oldest = oldest or ts
+            if sent:
+                deliveries.inc(sent)
+                lag.observe(max(0.0, time.time() * 1000 - oldest) / 1000)
+
+
+async def sse_endpoint(request: Request) -> Response:
+    state = gateway_state(request)
+    if state.drain.draining:
+        raise draining()
+    if not origin_allowed(state.settings, request.headers.get("origin")):
+        raise ApiError(403, "forbidden", "origin not allowed")
+    name = topic_param(request)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        cursor = cursor_param("Last-Event-ID", last_event_id)
+    else:
+        cursor = cursor_param("since", request.query_params.get("since"))
+    check_access(state, request, name)
+    try:
+        topic = await state.hub.acquire(name)
+    except Unavailable:
+        raise unavailable() from None
+    return EventStream(state, topic, cursor)

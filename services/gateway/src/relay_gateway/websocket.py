@@ -1,0 +1,423 @@
+"""The WebSocket transport, ``GET /api/v1/ws`` (contract §5).
+
+Client → server: one JSON object per text frame, ``op`` one of ``subscribe`` (``topic``,
+``since``?, ``req``?), ``unsubscribe`` (``topic``, ``req``?), ``ping`` (``req``?) and ``auth``
+(``token``). Server → client: text frames of one or more JSON events separated by ``\\n``:
+``subscribed``, ``message``, ``gap``, ``unsubscribed``, ``pong``, ``error``.
+
+Each connection runs three tasks — the frame reader, the writer draining the connection's
+:class:`~relay_gateway.client_queue.OutboundQueue`, and the token-expiry watch — and ends them
+all when any asks to close. Close codes: 1009 frame too big, 1012 shutdown, 4008 slow
+consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from relay_gateway.client_queue import OutboundQueue
+from relay_gateway.hot import Message
+from relay_gateway.hub import Feed, Unavailable
+from relay_gateway.recovery import catch_up, decide
+from relay_gateway.state import GatewayState, authenticate, gateway_state
+from relaycore.auth import AuthError, Principal
+from relaycore.http import origin_allowed
+from relaycore.ids import ZERO, Cursor, parse_cursor
+from relaycore.keys import is_valid_topic
+
+__all__ = ["websocket_endpoint"]
+
+log = structlog.get_logger("relay_gateway.websocket")
+
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012
+CLOSE_SLOW = 4008
+CLOSE_PROTOCOL = 4400
+CLOSE_UNAUTHENTICATED = 4401
+HISTORY_PAGE = 500
+PACKED_FRAME_CHARS = 256 * 1024
+
+
+class ClientFrame(msgspec.Struct):
+    op: str
+    topic: str | None = None
+    since: str | int | None = None
+    req: int | str | None = None
+    token: str | None = None
+
+
+_decode_frame = msgspec.json.Decoder(ClientFrame).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def _event(op: str, req: int | str | None = None, **fields: Any) -> str:
+    body: dict[str, Any] = {"op": op}
+    if req is not None:
+        body["req"] = req
+    body.update(fields)
+    return _encode(body).decode()
+
+
+def _error(code: str, message: str, req: int | str | None = None, topic: str | None = None) -> str:
+    fields: dict[str, Any] = {"code": code, "message": message}
+    if topic is not None:
+        fields["topic"] = topic
+    return _event("error", req, **fields)
+
+
+def _pack(items: list[tuple[str, int]]) -> list[str]:
+    """Queued events as few text frames as possible, each at most ``PACKED_FRAME_CHARS``.
+
+    The cap keeps packed frames under common client limits (the ``websockets`` library
+    refuses frames over 1 MiB by default) however far behind the writer fell.
+    """
+    if len(items) == 1:
+        return [items[0][0]]
+    frames: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for item, _ in items:
+        if batch and size + len(item) > PACKED_FRAME_CHARS:
+            frames.append("\n".join(batch))
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item) + 1
+    frames.append("\n".join(batch))
+    return frames
+
+
+def _salvage_req(text: str) -> int | str | None:
+    """The ``req`` of a frame that failed validation, so its error can still be matched."""
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(value, dict):
+        req = value.get("req")
+        if isinstance(req, int | str) and not isinstance(req, bool):
+            return req
+    return None
+
+
+class Connection:
+    """One WebSocket consumer: its subscriptions (feeds), outbound queue and tasks."""
+
+    def __init__(self, websocket: WebSocket, state: GatewayState, principal: Principal) -> None:
+        self.ws = websocket
+        self.state = state
+        self.settings = state.settings
+        self.principal = principal
+        self.metrics = state.metrics.transport("ws")
+        self.queue: OutboundQueue[str] = OutboundQueue(state.settings.max_queue_bytes)
+        self.feeds: dict[str, Feed] = {}
+        self.protocol_errors = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.final_event: str | None = None
+        self.closing = asyncio.Event()
+        self.auth_changed = asyncio.Event()
+
+    # -- Sink: called synchronously by the hub while fanning out ---------------------------
+
+    def deliver(self, message: Message) -> None:
+        if not self.queue.push(message.ws_text, message.id.ms):
+            self.overflow()
+
+    def gap(self, topic: str, reason: str, first: Message) -> None:
+        self.send(_event("gap", topic=topic, reason=reason, **{"from": str(first.id)}))
+
+    def overflow(self) -> None:
+        if self.close_code is None:
+            self.metrics.slow_consumers.inc()
+            log.info("slow_consumer", queued_limit=self.settings.max_queue_bytes)
+            self.request_close(
+                CLOSE_SLOW,
+                "slow consumer",
+                _error("slow_consumer", "outbound queue overflowed; reconnect and resume"),
+            )
+
+    # -- Drainable -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        self.request_close(CLOSE_RESTART, "server restarting")
+
+    # --------------------------------------------------------------------------------------
+
+    def send(self, event: str) -> None:
+        if not self.queue.push(event):
+            self.overflow()
+
+    def request_close(self, code: int | None, reason: str = "", event: str | None = None) -> None:
+        """End the connection: ``code`` None when the peer is already gone."""
+        if self.closing.is_set():
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self.final_event = event
+        self.closing.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._guard(self._write())),
+                group.create_task(self._guard(self._read())),
+            ]
+            if self.state.auth.enabled:
+                # Without auth nothing expires: idle connections save a task each.
+                tasks.append(group.create_task(self._guard(self._watch_expiry())))
+            await self.closing.wait()
+            for task in tasks:
+                task.cancel()
+        await self._close()
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except WebSocketDisconnect:
+            self.request_close(None)
+        except Exception:
+            log.exception("websocket_task_failed")
+            self.request_close(1011, "internal error")
+
+    async def _close(self) -> None:
+        code = self.close_code
+        if code is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.ws_ping_interval):
+                pending = await self._take_now()
+                if self.final_event is not None:
+                    pending.append((self.final_event, 0))
+                for frame in _pack(pending) if pending else ():
+                    await self.ws.send_text(frame)
+                await self.ws.close(code, self.close_reason)
+        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            # The peer is gone or not reading: nothing more can reach it.
+            return
+
+    async def _take_now(self) -> list[tuple[str, int]]:
+        if self.close_code == CLOSE_SLOW or not len(self.queue):
+            return []
+        return await self.queue.take()
+
+    async def _write(self) -> None:
+        lag = self.metrics.lag
+        deliveries = self.metrics.deliveries
+        while True:
+            items = await self.queue.take()
+            if not items:
+                return
+            for frame in _pack(items):
+                await self.ws.send_text(frame)
+            # One lag observation per write, for its oldest message: the histogram then costs
+            # one lock per write instead of one per delivery, and still shows the worst lag.
+            sent = 0
+            oldest = 0
+            for _, ts in items:
+                if ts:
+                    sent += 1
+                    oldest = oldest or ts
+            if sent:
+                deliveries.inc(sent)
+                lag.observe(max(0.0, time.time() * 1000 - oldest) / 1000)
+
+    async def _read(self) -> None:
+        limit = self.settings.max_ws_frame_bytes
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self.request_close(None)
+                return
+            text = message.get("text")
+            if text is None:
+                self._protocol_error(_error("bad_frame", "frames must be JSON text"))
+                continue
+            if len(text) > limit:
+                # uvicorn enforces ws_max_size already; this guards servers configured otherwise.
+                self.request_close(CLOSE_TOO_BIG, "frame too big")
+                return
+            await self._handle(text)
+
+    async def _watch_expiry(self) -> None:
+        while True:
+            self.auth_changed.clear()
+            expires_at = self.principal.expires_at
+            if expires_at is None:
+                await self.auth_changed.wait()
+                continue
+            try:
+                async with asyncio.timeout(max(0.0, expires_at - time.time())):
+                    await self.auth_changed.wait()
+            except TimeoutError:
+                if self.principal.expired():
+                    self.request_close(
+                        CLOSE_UNAUTHENTICATED,
+                        "token expired",
+                        _error("token_expired", "the token expired; reconnect with a new one"),
+                    )
+                    return
+
+    def _protocol_error(self, event: str) -> None:
+        self.protocol_errors += 1
+        if self.protocol_errors > self.settings.ws_max_protocol_errors:
+            self.request_close(
+                CLOSE_PROTOCOL,
+                "protocol violation",
+                _error("protocol_violation", "too many invalid frames"),
+            )
+        else:
+            self.send(event)
+
+    async def _handle(self, text: str) -> None:
+        try:
+            frame = _decode_frame(text)
+        except msgspec.DecodeError as error:
+            self._protocol_error(_error("bad_request", str(error), _salvage_req(text)))
+            return
+        if frame.op == "subscribe":
+            await self._subscribe(frame)
+        elif frame.op == "unsubscribe":
+            self._unsubscribe(frame)
+        elif frame.op == "ping":
+            self.send(_event("pong", frame.req))
+        elif frame.op == "auth":
+            self._auth(frame)
+        else:
+            self._protocol_error(_error("unknown_op", f"unknown op {frame.op!r}", frame.req))
+
+    def _topic_of(self, frame: ClientFrame) -> str | None:
+        topic = frame.topic
+        if topic is None or not is_valid_topic(topic):
+            self._protocol_error(
+                _error("invalid_topic", "topic must match ^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$",
+                       frame.req, topic if isinstance(topic, str) and len(topic) <= 200 else None)
+            )  # fmt: skip
+            return None
+        return topic
+
+    async def _subscribe(self, frame: ClientFrame) -> None:
+        name = self._topic_of(frame)
+        if name is None:
+            return
+        req = frame.req
+        cursor: Cursor | None = None
+        if frame.since is not None:
+            try:
+                cursor = parse_cursor(str(frame.since))
+            except ValueError as error:
+                self._protocol_error(_error("invalid_cursor", str(error), req, name))
+                return
+        if not self.principal.may_subscribe(name):
+            self.send(_error("forbidden", "not permitted to subscribe to this topic", req, name))
+            return
+        if name in self.feeds:
+            self.send(_error("already_subscribed", "already subscribed", req, name))
+            return
+        if len(self.feeds) >= self.settings.max_subscriptions:
+            limit = self.settings.max_subscriptions
+            self.send(
+                _error("too_many_subscriptions", f"at most {limit} per connection", req, name)
+            )
+            return
+        hub = self.state.hub
+        try:
+            topic = await hub.acquire(name)
+        except Unavailable:
+            self.send(_error("unavailable", "storage unavailable, retry shortly", req, name))
+            return
+        feed = hub.attach(topic, self)
+        self.feeds[name] = feed
+        last_id = None if topic.position == ZERO else str(topic.position)
+        if cursor is None:
+            self.send(_event("subscribed", req, topic=name, last_id=last_id))
+            feed.go_live()
+            return
+        try:
+            resume = await decide(hub, topic, cursor, HISTORY_PAGE)
+        except Unavailable:
+            del self.feeds[name]
+            hub.detach(feed)
+            self.send(_error("unavailable", "storage unavailable, retry shortly", req, name))
+            return
+        self.send(
+            _event("subscribed", req, topic=name, last_id=last_id, recovered=resume.recovered)
+        )
+        # The subscribed event already told the client about a gap at the cursor.
+        feed.resume_after(resume.after, check=resume.check_first)
+
+        async def deliver(messages: list[Message]) -> None:
+            for message in messages:
+                if self.queue.filling:
+                    await self.queue.room()
+                feed.deliver(message)
+
+        try:
+            await catch_up(hub, feed, resume, deliver, HISTORY_PAGE)
+        except Unavailable:
+            # History stopped half way: the client resumes from the last id it got.
+            del self.feeds[name]
+            hub.detach(feed)
+            self.send(_error("unavailable", "storage unavailable, resubscribe", None, name))
+            self.send(_event("unsubscribed", topic=name))
+
+    def _unsubscribe(self, frame: ClientFrame) -> None:
+        name = self._topic_of(frame)
+        if name is None:
+            return
+        feed = self.feeds.pop(name, None)
+        if feed is None:
+            self.send(_error("not_subscribed", "not subscribed to this topic", frame.req, name))
+            return
+        self.state.hub.detach(feed)
+        self.send(_event("unsubscribed", frame.req, topic=name))
+
+    def _auth(self, frame: ClientFrame) -> None:
+        try:
+            principal = self.state.auth.authenticate(frame.token)
+        except AuthError as error:
+            self.send(_error("unauthorized", str(error), frame.req))
+            return
+        self.principal = principal
+        self.auth_changed.set()
+        for name in [name for name in self.feeds if not principal.may_subscribe(name)]:
+            self.state.hub.detach(self.feeds.pop(name))
+            self.send(_error("forbidden", "the new token does not permit this topic", None, name))
+            self.send(_event("unsubscribed", topic=name))
+
+    def detach_all(self) -> None:
+        for feed in self.feeds.values():
+            self.state.hub.detach(feed)
+        self.feeds.clear()
+        self.queue.close()
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    state = gateway_state(websocket)
+    if state.drain.draining or not origin_allowed(state.settings, websocket.headers.get("origin")):
+        # Closing before accept makes the server answer the handshake with 403.
+        await websocket.close()
+        return
+    try:
+        principal = authenticate(state, websocket)
+    except AuthError as error:
+        await websocket.accept()
+        await websocket.send_text(_error("unauthorized", str(error)))
+        await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
+        return
+    await websocket.accept()
+    connection = Connection(websocket, state, principal)
+    state.drain.websockets.add(connection)
+    connection.metrics.connections.inc()
+    try:
+        await connection.run()
+    finally:
+        connection.detach_all()
+        state.drain.websockets.discard(connection)
+        connection.metrics.connections.dec()

@@ -1,0 +1,24 @@
+"""Fixtures of the gateway tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from relay_gateway.testing import gateway_settings, run_gateway
+from relaycore.testing import UvicornServer
+
+
+@pytest.fixture
+def gateway(
+    valkey_url: str,
+) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
+    """``async with gateway(**settings_overrides) as server`` → a running gateway."""
+
+    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
+        return run_gateway(gateway_settings(valkey_url, **overrides))
+
+    return start
