@@ -240,7 +240,8 @@ class Report:
         )
         out += [
             "",
-            "CPU columns: % of one core over the measured window (2 cores = 200 %).",
+            "CPU columns: % of one core over the measured window (2 cores = 200 %). "
+            "'other' = busy CPU on the machine the bench did not cause (other jobs).",
             "Client = the harness's own load generators; near 100 % per process means the "
             "client, not the server, limited that figure.",
             "",
@@ -258,6 +259,7 @@ class Report:
                     str(r.errors),
                     _fmt(r.client_cpu),
                     _cpu(r.server_cpu),
+                    _fmt(r.other_cpu),
                 ]
                 for r in self.publish + self.batch
             ]
@@ -272,6 +274,7 @@ class Report:
                     "errors",
                     "wrk cpu %",
                     "server cpu %",
+                    "other cpu %",
                 ],
                 rows,
             )
@@ -293,6 +296,7 @@ class Report:
                     _fmt(s.latency.max_ms, 1),
                     _cpu(s.server_cpu),
                     _fmt(s.client_cpu),
+                    _fmt(s.other_cpu),
                     _fmt(s.publisher_cpu),
                     ("yes" if s.sustained else "no")
                     + (" (half-rate)" if s in result.half_steps else ""),
@@ -312,6 +316,7 @@ class Report:
                     "max ms",
                     "server cpu %",
                     "clients cpu %",
+                    "other cpu %",
                     "publisher cpu %",
                     "sustained",
                     "note",
