@@ -39,12 +39,23 @@ def main(argv: list[str] | None = None) -> int:
         "LOADTEST_GATEWAY_URL": f"http://{HOST}:{stack.subscribe_port}",
     }
     command = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
-        "--headless", "--only-summary",
-        "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
-        "--run-time", args.time, "--stop-timeout", "5",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "--users",
+        str(args.users),
+        "--spawn-rate",
+        str(args.spawn_rate),
+        "--run-time",
+        args.time,
+        "--stop-timeout",
+        "5",
         *args.locust_args,
-    ]  # fmt: skip
+    ]
     try:
         done = subprocess.run(command, env=env, check=False, timeout=3600)
     finally:

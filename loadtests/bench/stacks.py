@@ -164,6 +164,7 @@ class RelayStack(Stack):
         _stop(self.gateway)
         _stop(self.ingest)
         self.valkey.close()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def server_pids(self) -> dict[str, int]:
         pids = {"valkey": self.valkey.process.pid if self.valkey.process else 0}
