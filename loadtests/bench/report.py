@@ -87,15 +87,23 @@ class Report:
 
     # ---------------------------------------------------------------- figures
     def _publish(self, side: str, attr: str) -> float | None:
+        """``attr`` of the side's best publish round.
+
+        Best of N, not the median: on shared cores, neighbours only ever take throughput away,
+        so the best round is the closest to what the server can do (same rule for both sides).
+        """
         runs = [r for r in self.publish if r.side == side]
-        return _median([getattr(r, attr) for r in runs])
+        best = max(runs, key=lambda r: r.msgs_per_s, default=None)
+        return None if best is None else float(getattr(best, attr))
+
+    def _publish_median(self, side: str) -> float | None:
+        return _median([r.msgs_per_s for r in self.publish if r.side == side])
 
     def _best_single(self, side: str) -> float | None:
-        runs = [r.msgs_per_s for r in self.publish if r.side == side]
-        return max(runs) if runs else None
+        return self._publish(side, "msgs_per_s")
 
     def _batch(self) -> float | None:
-        return _median([r.msgs_per_s for r in self.batch])
+        return max((r.msgs_per_s for r in self.batch), default=None)
 
     def _best(self, scenario: str, side: str) -> Step | None:
         result = self.stepped.get(scenario)
@@ -118,7 +126,7 @@ class Report:
         rows.append(
             [
                 "publish",
-                f"msgs/s, {self.cfg.publish_connections} conns (median)",
+                f"msgs/s, {self.cfg.publish_connections} conns (best of {self.cfg.rounds})",
                 _fmt(pub_r),
                 _fmt(pub_n),
                 _ratio(r),
@@ -126,12 +134,24 @@ class Report:
                 _met(r, lambda x: x >= 1.0),
             ]
         )
+        med_r, med_n = self._publish_median("relay"), self._publish_median("nchan")
+        rows.append(
+            [
+                "publish",
+                "msgs/s, median of rounds",
+                _fmt(med_r),
+                _fmt(med_n),
+                _ratio(ratio(med_r, med_n)),
+                "—",
+                "",
+            ]
+        )
         for label, attr in (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
             a, b = self._publish("relay", attr), self._publish("nchan", attr)
             rows.append(
                 [
                     "publish",
-                    f"latency {label}",
+                    f"latency {label} (best round)",
                     _fmt(a, 2),
                     _fmt(b, 2),
                     _ratio(ratio(a, b)),
@@ -144,7 +164,7 @@ class Report:
         rows.append(
             [
                 "batch",
-                f"msgs/s, {self.cfg.batch_size}/request (nchan: best single)",
+                f"msgs/s, {self.cfg.batch_size}/request, best round (nchan: best single)",
                 _fmt(batch),
                 _fmt(single),
                 _ratio(r),

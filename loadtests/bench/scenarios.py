@@ -47,16 +47,51 @@ SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 
 @dataclass(frozen=True)
 class Config:
-    rounds: int = 2
-    publish_seconds: float = 8.0
+    rounds: int = 3
+    publish_seconds: float = 6.0
     warmup_seconds: float = 2.0
     publish_connections: int = 64
     batch_size: int = 100
     batch_connections: int = 16
     fanout_subscribers: int = 1000
-    fanout_rates: tuple[int, ...] = (20, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1300, 1600)
+    fanout_rates: tuple[int, ...] = (
+        10,
+        20,
+        30,
+        40,
+        50,
+        70,
+        100,
+        130,
+        160,
+        200,
+        250,
+        300,
+        400,
+        500,
+        600,
+        800,
+        1000,
+    )
     longpoll_loops: int = 200
-    longpoll_rates: tuple[int, ...] = (20, 50, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000)
+    longpoll_rates: tuple[int, ...] = (
+        10,
+        20,
+        30,
+        40,
+        50,
+        70,
+        100,
+        150,
+        200,
+        300,
+        400,
+        600,
+        800,
+        1000,
+        1300,
+        1600,
+    )
     step_seconds: float = 3.0
     drain_seconds: float = 2.0
     max_p99_ms: float = 100.0
