@@ -9,7 +9,7 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo "python3 -m uv")
 export UV_PYTHON ?= python3.11
 
-.PHONY: help install run test lint typecheck fmt check clean
+.PHONY: help install run test lint typecheck fmt check clean bench loadtest
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,12 @@ fmt: install ## Format and auto-fix with ruff
 	@$(UV) run --frozen ruff check --fix .
 
 check: lint typecheck test ## lint + typecheck + test
+
+bench: install ## Relay vs nchan side by side (installs nginx-light+nchan+wrk if missing); <10 min
+	@$(UV) run --frozen python -m loadtests.bench $(BENCH_ARGS)
+
+loadtest: install ## Short headless locust run against a stack it starts; prints locust's summary
+	@$(UV) run --frozen python -m loadtests.bench.loadtest $(LOADTEST_ARGS)
 
 clean: ## Remove the virtualenv and caches (keeps .data/)
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

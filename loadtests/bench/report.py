@@ -1,0 +1,398 @@
+"""The markdown report: one summary table with ratios and targets, then every measured figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from relaycore.embedded import server_binary
+
+from .scenarios import Config, ConnsResult, Step, SteppedResult, WrkRun
+from .stats import ratio
+
+__all__ = ["Report", "machine_info"]
+
+
+def _run(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    return (
+        (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr) else ""
+    )
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    nginx = shutil.which("nginx") or "nginx"
+    return {
+        "cpu": f"{model}, {os.cpu_count()} cores",
+        "memory": f"{mem:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _run([nginx, "-v"]),
+        "nchan": _run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"]),
+        "valkey": _run([str(server_binary()), "--version"]),
+        "wrk": _run(["wrk", "-v"]),
+        "load average at start": " ".join(open("/proc/loadavg").read().split()[:3]),
+    }
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _met(value: float | None, check: Callable[[float], bool]) -> str:
+    if value is None:
+        return "n/a"
+    return "yes" if check(value) else "**no**"
+
+
+@dataclass
+class Report:
+    cfg: Config
+    machine: dict[str, str]
+    started: str
+    elapsed_s: float = 0.0
+    publish: list[WrkRun] = field(default_factory=list)
+    batch: list[WrkRun] = field(default_factory=list)
+    stepped: dict[str, SteppedResult] = field(default_factory=dict)
+    conns: list[ConnsResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- figures
+    def _publish(self, side: str, attr: str) -> float | None:
+        """``attr`` of the side's best publish round.
+
+        Best of N, not the median: on shared cores, neighbours only ever take throughput away,
+        so the best round is the closest to what the server can do (same rule for both sides).
+        """
+        runs = [r for r in self.publish if r.side == side]
+        best = max(runs, key=lambda r: r.msgs_per_s, default=None)
+        return None if best is None else float(getattr(best, attr))
+
+    def _publish_median(self, side: str) -> float | None:
+        return _median([r.msgs_per_s for r in self.publish if r.side == side])
+
+    def _best_single(self, side: str) -> float | None:
+        return self._publish(side, "msgs_per_s")
+
+    def _batch(self) -> float | None:
+        return max((r.msgs_per_s for r in self.batch), default=None)
+
+    def _best(self, scenario: str, side: str) -> Step | None:
+        result = self.stepped.get(scenario)
+        return result.best(side) if result else None
+
+    def _half_p99(self, side: str) -> float | None:
+        result = self.stepped.get("fanout")
+        if result is None:
+            return None
+        return _median([s.latency.p99_ms for s in result.half(side)])
+
+    def _conns(self, side: str) -> ConnsResult | None:
+        return next((c for c in self.conns if c.side == side), None)
+
+    # ---------------------------------------------------------------- tables
+    def summary_rows(self) -> list[list[str]]:
+        rows: list[list[str]] = []
+        pub_r, pub_n = self._publish("relay", "msgs_per_s"), self._publish("nchan", "msgs_per_s")
+        r = ratio(pub_r, pub_n)
+        rows.append(
+            [
+                "publish",
+                f"msgs/s, {self.cfg.publish_connections} conns (best of {self.cfg.rounds})",
+                _fmt(pub_r),
+                _fmt(pub_n),
+                _ratio(r),
+                "≥ 1.0x",
+                _met(r, lambda x: x >= 1.0),
+            ]
+        )
+        med_r, med_n = self._publish_median("relay"), self._publish_median("nchan")
+        rows.append(
+            [
+                "publish",
+                "msgs/s, median of rounds",
+                _fmt(med_r),
+                _fmt(med_n),
+                _ratio(ratio(med_r, med_n)),
+                "—",
+                "",
+            ]
+        )
+        for label, attr in (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
+            a, b = self._publish("relay", attr), self._publish("nchan", attr)
+            rows.append(
+                [
+                    "publish",
+                    f"latency {label} (best round)",
+                    _fmt(a, 2),
+                    _fmt(b, 2),
+                    _ratio(ratio(a, b)),
+                    "—",
+                    "",
+                ]
+            )
+        batch, single = self._batch(), self._best_single("nchan")
+        r = ratio(batch, single)
+        rows.append(
+            [
+                "batch",
+                f"msgs/s, {self.cfg.batch_size}/request, best round (nchan: best single)",
+                _fmt(batch),
+                _fmt(single),
+                _ratio(r),
+                "≥ 8x",
+                _met(r, lambda x: x >= 8.0),
+            ]
+        )
+        for scenario, clients in (
+            ("fanout", self.cfg.fanout_subscribers),
+            ("longpoll", self.cfg.longpoll_loops),
+        ):
+            best_r, best_n = self._best(scenario, "relay"), self._best(scenario, "nchan")
+            da = best_r.deliveries_per_s if best_r else None
+            db = best_n.deliveries_per_s if best_n else None
+            r = ratio(da, db)
+            what = "WebSocket subscribers" if scenario == "fanout" else "long-poll loops"
+            rows.append(
+                [
+                    scenario,
+                    f"highest sustained deliveries/s ({clients} {what})",
+                    _fmt(da) + (f" @ {best_r.rate}/s" if best_r else ""),
+                    _fmt(db) + (f" @ {best_n.rate}/s" if best_n else ""),
+                    _ratio(r),
+                    "≥ 1.0x",
+                    _met(r, lambda x: x >= 1.0),
+                ]
+            )
+            if best_r or best_n:
+                for label, get in _LATENCY_FIGURES:
+                    va = get(best_r) if best_r else None
+                    vb = get(best_n) if best_n else None
+                    rows.append(
+                        [
+                            scenario,
+                            f"latency {label} at that step",
+                            _fmt(va, 2),
+                            _fmt(vb, 2),
+                            _ratio(ratio(va, vb)),
+                            "—",
+                            "",
+                        ]
+                    )
+        fan = self.stepped.get("fanout")
+        if fan is not None and fan.half_rate:
+            a, b = self._half_p99("relay"), self._half_p99("nchan")
+            r = ratio(a, b)
+            rows.append(
+                [
+                    "fanout",
+                    f"e2e p99 ms at half the relay's best ({fan.half_rate}/s)",
+                    _fmt(a, 2),
+                    _fmt(b, 2),
+                    _ratio(r),
+                    "≤ 1.5x",
+                    _met(r, lambda x: x <= 1.5),
+                ]
+            )
+        ca, cb = self._conns("relay"), self._conns("nchan")
+        if ca or cb:
+            rows.append(
+                [
+                    "conns",
+                    f"idle WebSockets held (of {self.cfg.idle_connections})",
+                    _fmt(ca.held if ca else None),
+                    _fmt(cb.held if cb else None),
+                    _ratio(ratio(ca.held if ca else None, cb.held if cb else None)),
+                    f"{self.cfg.idle_connections}",
+                    _met(ca.held if ca else None, lambda x: x >= self.cfg.idle_connections),
+                ]
+            )
+            ka = ca.kib_per_conn if ca else None
+            kb = cb.kib_per_conn if cb else None
+            rows.append(
+                [
+                    "conns",
+                    "server RSS per connection, KiB",
+                    _fmt(ka, 1),
+                    _fmt(kb, 1),
+                    _ratio(ratio(ka, kb)),
+                    "≤ 20 KiB",
+                    _met(ka, lambda x: x <= 20.0),
+                ]
+            )
+        return rows
+
+    def markdown(self) -> str:
+        out: list[str] = [f"# Pulsar Relay vs nchan — `make bench`, {self.started}", ""]
+        out += [f"- **{k}**: {v}" for k, v in self.machine.items()]
+        out += [f"- **run time**: {self.elapsed_s:.0f} s", ""]
+        out += _table(
+            ["scenario", "figure", "relay", "nchan", "relay/nchan", "target", "met"],
+            self.summary_rows(),
+        )
+        out += [
+            "",
+            "CPU columns: % of one core over the measured window (2 cores = 200 %). "
+            "'other' = busy CPU on the machine the bench did not cause (other jobs).",
+            "Client = the harness's own load generators; near 100 % per process means the "
+            "client, not the server, limited that figure.",
+            "",
+        ]
+        if self.publish or self.batch:
+            out += ["## publish / batch (wrk, every round)", ""]
+            rows = [
+                [
+                    r.kind,
+                    r.side,
+                    str(r.connections),
+                    _fmt(r.msgs_per_s),
+                    _fmt(r.p50_ms, 2),
+                    _fmt(r.p99_ms, 2),
+                    str(r.errors),
+                    _fmt(r.client_cpu),
+                    _cpu(r.server_cpu),
+                    _fmt(r.other_cpu),
+                ]
+                for r in self.publish + self.batch
+            ]
+            out += _table(
+                [
+                    "kind",
+                    "side",
+                    "conns",
+                    "msgs/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                    "wrk cpu %",
+                    "server cpu %",
+                    "other cpu %",
+                ],
+                rows,
+            )
+            out.append("")
+        for name, result in self.stepped.items():
+            out += [f"## {name}: {result.clients} clients, stepped publish rate", ""]
+            out += [f"- setup {side}: {text}" for side, text in result.setup.items()]
+            out.append("")
+            steps = result.steps + result.half_steps
+            rows = [
+                [
+                    s.side,
+                    str(s.rate),
+                    _fmt(s.achieved_rate),
+                    f"{100 * s.delivered:.2f}",
+                    _fmt(s.deliveries_per_s),
+                    _fmt(s.latency.p50_ms, 2),
+                    _fmt(s.latency.p99_ms, 2),
+                    _fmt(s.latency.max_ms, 1),
+                    _cpu(s.server_cpu),
+                    _fmt(s.client_cpu),
+                    _fmt(s.other_cpu),
+                    _fmt(s.publisher_cpu),
+                    ("yes" if s.sustained else "no")
+                    + (" (half-rate)" if s in result.half_steps else ""),
+                    s.note[:120],
+                ]
+                for s in steps
+            ]
+            out += _table(
+                [
+                    "side",
+                    "rate/s",
+                    "published/s",
+                    "delivered %",
+                    "deliveries/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "server cpu %",
+                    "clients cpu %",
+                    "other cpu %",
+                    "publisher cpu %",
+                    "sustained",
+                    "note",
+                ],
+                rows,
+            )
+            out.append("")
+        if self.conns:
+            out += ["## conns: idle WebSockets", ""]
+            rows = [
+                [
+                    c.side,
+                    f"{c.connected}/{c.target}",
+                    str(c.ready),
+                    str(c.held),
+                    f"{c.seconds:.1f}",
+                    _fmt(c.client_cpu),
+                    f"{c.rss_before_kib / 1024:.1f}",
+                    f"{c.rss_after_kib / 1024:.1f}",
+                    _fmt(c.kib_per_conn, 1),
+                    (c.errors[0][:100] if c.errors else ""),
+                ]
+                for c in self.conns
+            ]
+            out += _table(
+                [
+                    "side",
+                    "connected",
+                    "subscribed",
+                    "answered ping",
+                    "connect s",
+                    "clients cpu %",
+                    "RSS before MiB",
+                    "RSS after MiB",
+                    "KiB/conn",
+                    "first error",
+                ],
+                rows,
+            )
+            out.append("")
+        if self.notes:
+            out += ["## notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        return "\n".join(out)
+
+
+_LATENCY_FIGURES: tuple[tuple[str, Callable[[Step], float]], ...] = (
+    ("p50 ms", lambda s: s.latency.p50_ms),
+    ("p99 ms", lambda s: s.latency.p99_ms),
+)
+
+
+def _cpu(values: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.0f}" for k, v in values.items())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
