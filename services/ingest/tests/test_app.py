@@ -218,3 +218,19 @@ async def test_retention_max_age_trims_old_messages_on_write(
     stored = await read_after(valkey_client, topic, StreamId(0, 0), 1000)
     assert len(stored) <= 100
     assert str(stored[-1].id) == fresh.json()["id"]
+
+
+async def test_the_publish_function_is_loaded_at_start(
+    make_ingest: MakeIngest, valkey_process: ValkeyProcess
+) -> None:
+    client = await create_client(ValkeyDsn.from_dsn(valkey_process.url), name="check")
+    try:
+        assert await client.function_list() == []
+        ingest = await make_ingest(valkey_url=valkey_process.url)
+        deadline = time.monotonic() + 10
+        while not await client.function_list():
+            assert time.monotonic() < deadline, "ingest did not load the function"
+            await asyncio.sleep(0.02)
+        assert (await ingest.get("/ready")).status_code == 200
+    finally:
+        await client.close()

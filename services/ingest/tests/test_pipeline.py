@@ -130,6 +130,8 @@ async def test_outage_fails_fast_then_recovers_by_itself(
         pipeline = Pipeline(client, probe_interval=0.05, on_recover=on_recover)
         async with running(pipeline):
             assert await pipeline.execute(incr(f"{topic}:o"), 1) == [1]
+            assert recovered.is_set()  # on_recover also runs once at start
+            recovered.clear()
             valkey_process.stop()
             with pytest.raises(Unavailable):
                 await pipeline.execute(incr(f"{topic}:o"), 1)
