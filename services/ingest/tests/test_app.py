@@ -109,9 +109,12 @@ async def test_metrics_are_prometheus_text_with_relay_names(
 async def test_raw_paths_do_not_become_metric_labels(ingest: httpx.AsyncClient) -> None:
     await ingest.get("/no/such/path/12345")
     await ingest.get("/api/v1/topics/some-topic-name")
+    await ingest.request("INVENTED", "/health")
     text = (await ingest.get("/metrics")).text
     assert "12345" not in text
     assert "some-topic-name" not in text
+    assert "INVENTED" not in text
+    assert 'method="other"' in text
     assert 'route="/api/v1/topics/{topic}"' in text
     assert 'route="unmatched"' in text
 
