@@ -44,8 +44,10 @@ async def test_missing_function_is_loaded_once_and_calls_retried(
                 *(publisher.publish([OutgoingMessage(topic, b"1", None, None)]) for _ in range(10))
             )
             assert len({r[0].id for r in results}) == 10
+            assert publisher.function_loads == 1
             await client.function_delete(LIBRARY_NAME)
             (again,) = await publisher.publish([OutgoingMessage(topic, b"2", None, None)])
+            assert publisher.function_loads == 2
             pipeline.close()
             await flusher
         stored = await read_after(client, topic, StreamId(0, 0), 100)

@@ -77,6 +77,11 @@ class Publisher:
         self._load_lock = asyncio.Lock()
         self._loads = 0
 
+    @property
+    def function_loads(self) -> int:
+        """How many times this publisher has loaded the function library."""
+        return self._loads
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[Published]:
         """Write ``messages`` in order in one round trip; raise :class:`Unavailable` on failure."""
         loads_seen = self._loads
