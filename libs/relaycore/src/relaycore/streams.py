@@ -3,8 +3,8 @@
 Publishing goes through one Valkey Function, ``relay_publish``, so the idempotency check, the
 XADD, the retention trims and the idempotency record happen atomically in one round trip.
 ``relay_publish_many`` does the same for several messages of one topic in one call (a batch
-request's messages per topic), looking the previous id up once. The
-function also stores in field ``v`` the id of the entry written before the new one: a reader that
+request's messages per topic), looking the previous id up once. Both store in field ``v`` the id
+of the entry written before the new one: a reader that
 resumes after cursor ``c`` and finds the first retained entry's ``v`` ≤ ``c`` knows nothing in
 between was trimmed. XINFO's ``max-deleted-entry-id`` cannot say that (MAXLEN trimming leaves it
 at ``0-0``), and a false "messages were lost" is as wrong as a silent gap.
