@@ -16,9 +16,14 @@ from relaycore.testing import UvicornServer
 def gateway(
     valkey_url: str,
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
-    """``async with gateway(**settings_overrides) as server`` → a running gateway."""
+    """``async with gateway(**settings_overrides) as server`` → a running gateway.
 
-    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
-        return run_gateway(gateway_settings(valkey_url, **overrides))
+    ``raw_frames=False`` serves it without the raw frame path (plain ASGI sends only).
+    """
+
+    def start(
+        *, raw_frames: bool = True, **overrides: Any
+    ) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
+        return run_gateway(gateway_settings(valkey_url, **overrides), raw_frames=raw_frames)
 
     return start

@@ -19,6 +19,7 @@ import uvicorn
 from relay_gateway import redact
 from relay_gateway.app import create_app
 from relay_gateway.shutdown import Drain, GatewayServer
+from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.logging import configure_logging, uvicorn_log_config
 from relaycore.settings import ConfigError, Settings
 
@@ -31,7 +32,8 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "port": settings.gateway_port,
         "loop": "uvloop",
         "http": "httptools",
-        "ws": "websockets-sansio",
+        # uvicorn's sans-I/O implementation plus the raw frame path (relay_gateway.wsframes).
+        "ws": RelayWebSocketProtocol,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval,

@@ -18,7 +18,11 @@ T = TypeVar("T", str, bytes)
 
 
 class OutboundQueue(Generic[T]):
-    """Items of one connection waiting to be written, with their publish times (ms, 0 = none)."""
+    """Items of one connection waiting to be written.
+
+    Each item carries how many deliveries (messages) it holds and the publish time (ms) of the
+    oldest, for the delivery metrics; control events carry ``0, 0``.
+    """
 
     __slots__ = ("_items", "_ready", "_room", "bytes", "closed", "max_bytes", "overflowed")
 
@@ -27,7 +31,7 @@ class OutboundQueue(Generic[T]):
         self.bytes = 0
         self.overflowed = False
         self.closed = False
-        self._items: list[tuple[T, int]] = []
+        self._items: list[tuple[T, int, int]] = []
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -35,7 +39,7 @@ class OutboundQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def push(self, item: T, ts: int = 0) -> bool:
+    def push(self, item: T, count: int = 0, oldest_ms: int = 0) -> bool:
         """Queue ``item``; False (and the queue overflowed and emptied) if over the cap."""
         if self.overflowed or self.closed:
             return False
@@ -46,7 +50,7 @@ class OutboundQueue(Generic[T]):
             self.bytes = 0
             self._ready.set()
             return False
-        self._items.append((item, ts))
+        self._items.append((item, count, oldest_ms))
         self.bytes += size
         self._ready.set()
         if self.bytes * 2 > self.max_bytes:
@@ -62,13 +66,17 @@ class OutboundQueue(Generic[T]):
         """Wait until the queue is at most half full (history delivery's backpressure)."""
         await self._room.wait()
 
-    async def take(self) -> list[tuple[T, int]]:
+    async def take(self) -> list[tuple[T, int, int]]:
         """Everything queued, waiting for at least one item."""
         while not self._items:
             if self.overflowed or self.closed:
                 return []
             self._ready.clear()
             await self._ready.wait()
+        return self.take_now()
+
+    def take_now(self) -> list[tuple[T, int, int]]:
+        """Everything queued now (maybe nothing)."""
         items, self._items = self._items, []
         self.bytes = 0
         self._room.set()

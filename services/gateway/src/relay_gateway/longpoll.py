@@ -18,7 +18,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay_gateway.hot import Message
+from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Topic, Unavailable
 from relay_gateway.params import (
     check_access,
@@ -55,6 +55,10 @@ class PollCollector:
         if not self.full and len(self.messages) < self.limit:
             self.messages.append(message)
             self.wake.set()
+
+    def deliver_batch(self, batch: Batch) -> None:
+        for message in batch.messages:
+            self.deliver(message)
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         if self.messages:

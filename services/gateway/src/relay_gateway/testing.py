@@ -15,6 +15,7 @@ import websockets
 from glide import Batch, RequestError
 
 from relay_gateway.app import create_app
+from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
 from relaycore.testing import UvicornServer
@@ -31,11 +32,12 @@ def gateway_settings(valkey_url: str, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    settings: Settings, valkey: ValkeyClient | None = None
+    settings: Settings, valkey: ValkeyClient | None = None, *, raw_frames: bool = True
 ) -> AsyncIterator[UvicornServer]:
+    """A gateway as ``relay-gateway`` serves it; ``raw_frames=False``: plain ASGI sends only."""
     server = UvicornServer(
         create_app(settings, valkey=valkey),
-        ws="websockets-sansio",
+        ws=RelayWebSocketProtocol if raw_frames else "websockets-sansio",
         ws_max_size=settings.max_ws_frame_bytes,
         ws_per_message_deflate=False,
     )

@@ -1,0 +1,114 @@
+"""Encode once, write many: a raw WebSocket frame path next to uvicorn's ASGI ``send``.
+
+Server → client frames are never masked, so the complete frame of one event (or of one packed
+batch of events) is the same bytes for every subscriber. :func:`text_frame` builds it once and
+:class:`RelayWebSocketProtocol` — uvicorn's sans-I/O ``websockets`` protocol plus one ASGI scope
+extension, ``relay.frames`` — lets the app write those bytes straight to each connection's
+transport: no ASGI message, no per-connection framing, no task wake-up per delivery.
+
+The extension is only a fast path. Everything else — the handshake, inbound frames, pings and
+pongs, the close handshake — stays uvicorn's, and an app served by any other ASGI server (no
+``relay.frames`` in the scope) falls back to ``websocket.send``. The app keeps ordering by
+writing through one path per connection, and keeps backpressure by writing raw frames only while
+the transport is below its high-water mark (:attr:`frames_writable`); otherwise it queues and
+flushes when :meth:`on_frames_writable`'s callback runs (uvicorn's ``resume_writing``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+
+__all__ = ["EXTENSION", "FrameWriter", "RelayWebSocketProtocol", "frame_writer", "text_frame"]
+
+EXTENSION = "relay.frames"
+
+_FIN_TEXT = 0x81
+_SHORT = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (RFC 6455 §5.2) carrying ``payload`` (UTF-8)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((_FIN_TEXT, size)) + payload
+    if size < 65536:
+        return _SHORT.pack(_FIN_TEXT, 126, size) + payload
+    return _LONG.pack(_FIN_TEXT, 127, size) + payload
+
+
+class FrameWriter(Protocol):
+    """What the app sees under ``scope["extensions"]["relay.frames"]``."""
+
+    @property
+    def frames_writable(self) -> bool:
+        """Open, past the handshake, not closing, and the transport is below its high-water mark."""
+        ...
+
+    def write_frames(self, data: bytes) -> None:
+        """Write complete frames as they are; only call while :attr:`frames_writable`."""
+        ...
+
+    def on_frames_writable(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` whenever the transport drains below its low-water mark."""
+        ...
+
+    async def wait_frames_writable(self) -> None:
+        """Until the transport drained (or the connection is gone)."""
+        ...
+
+
+def frame_writer(scope: Any) -> FrameWriter | None:
+    """The raw frame path of this connection, if the server offers one."""
+    extensions = scope.get("extensions") or {}
+    writer = extensions.get(EXTENSION)
+    return writer if writer is not None else None
+
+
+class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, plus the ``relay.frames`` scope extension.
+
+    Pass it as uvicorn's ``ws=`` (a protocol class is accepted there).
+    """
+
+    _frames_callback: Callable[[], None] | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The ASGI task is created but has not run yet: the scope can still gain the extension.
+        if self.response.status_code == 101:
+            self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]  # typed as dict[object, object]
+
+    @property
+    def frames_writable(self) -> bool:
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.writable.is_set()
+            and not self.transport.is_closing()
+        )
+
+    def write_frames(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def on_frames_writable(self, callback: Callable[[], None] | None) -> None:
+        self._frames_callback = callback
+
+    async def wait_frames_writable(self) -> None:
+        await self.writable.wait()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        callback = self._frames_callback
+        if callback is not None:
+            callback()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._frames_callback = None
+        super().connection_lost(exc)
