@@ -5,10 +5,12 @@ Client → server: one JSON object per text frame, ``op`` one of ``subscribe`` (
 (``token``). Server → client: text frames of one or more JSON events separated by ``\\n``:
 ``subscribed``, ``message``, ``gap``, ``unsubscribed``, ``pong``, ``error``.
 
-Each connection runs three tasks — the frame reader, the writer draining the connection's
-:class:`~relay_gateway.client_queue.OutboundQueue`, and the token-expiry watch — and ends them
-all when any asks to close. Close codes: 1009 frame too big, 1012 shutdown, 4008 slow
-consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
+A connection's own task reads and handles the client's frames; output goes straight to the
+transport through the raw frame path (:mod:`relay_gateway.wsframes`) or, without it, through a
+writer task draining the connection's :class:`~relay_gateway.client_queue.OutboundQueue`; with
+auth a third task watches the token's expiry. Whatever asks to close interrupts the reader,
+which then sends what is left and the close frame. Close codes: 1009 frame too big, 1012
+shutdown, 4008 slow consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Connection:
         "auth_changed",
         "close_code",
         "close_reason",
-        "closing",
+        "closed",
         "feeds",
         "final_event",
         "frames",
@@ -135,6 +137,7 @@ class Connection:
         "queue",
         "settings",
         "state",
+        "task",
         "ws",
     )
 
@@ -151,14 +154,16 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.final_event: bytes | None = None
-        self.closing = asyncio.Event()
+        self.closed = False
+        # The task running this connection: interrupted when something else asks to close.
+        self.task: asyncio.Task[Any] | None = None
         self.auth_changed: asyncio.Event | None = asyncio.Event() if state.auth.enabled else None
 
     # -- Sink: called synchronously by the hub while fanning out ---------------------------
 
     def deliver(self, message: Message) -> None:
         frames = self.frames
-        if frames is not None and not self.queue and frames.frames_writable:
+        if frames is not None and not self.queue.items and frames.frames_writable:
             frames.write_frames(message.ws_frame)
             self.metrics.written(1, message.id.ms)
         elif not self.queue.push(message.ws_bytes, 1, message.id.ms):
@@ -169,7 +174,7 @@ class Connection:
         if len(batch.ws_bytes) > PACKED_FRAME_BYTES:
             for message in batch.messages:
                 self.deliver(message)
-        elif frames is not None and not self.queue and frames.frames_writable:
+        elif frames is not None and not self.queue.items and frames.frames_writable:
             # The hot path: the same frame bytes for every subscriber; the hub accounts them.
             frames.write_frames(batch.ws_frame)
             self.metrics.pending += len(batch)
@@ -198,37 +203,50 @@ class Connection:
 
     def send(self, event: bytes) -> None:
         frames = self.frames
-        if frames is not None and not self.queue and frames.frames_writable:
+        if frames is not None and not self.queue.items and frames.frames_writable:
             frames.write_frames(text_frame(event))
         elif not self.queue.push(event):
             self.overflow()
 
     def request_close(self, code: int | None, reason: str = "", event: bytes | None = None) -> None:
         """End the connection: ``code`` None when the peer is already gone."""
-        if self.closing.is_set():
+        if self.closed:
             return
         self.close_code = code
         self.close_reason = reason
         self.final_event = event
-        self.closing.set()
+        self.closed = True
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            # The connection's task is waiting for the client's next frame (or inside an op).
+            task.cancel()
 
     async def run(self) -> None:
+        """Read and handle the client's frames in this task until the connection ends.
+
+        The reader is the connection's own task — no extra task per idle connection. A writer
+        task exists only without the raw frame path, an expiry watch only with auth.
+        """
         frames = self.frames
+        self.task = asyncio.current_task()
+        if frames is not None:
+            # The transport's drain callback flushes what was queued while it was full.
+            frames.on_frames_writable(self._flush)
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._guard(self._read()))]
-                if frames is None:
-                    tasks.append(group.create_task(self._guard(self._write())))
-                else:
-                    # No writer task: the transport's drain callback flushes the queue.
-                    frames.on_frames_writable(self._flush)
-                if self.auth_changed is not None:
-                    # Without auth nothing expires: idle connections save a task each.
-                    tasks.append(group.create_task(self._guard(self._watch_expiry())))
-                await self.closing.wait()
-                for task in tasks:
-                    task.cancel()
+            if frames is not None and self.auth_changed is None:
+                await self._guard(self._read())
+            else:
+                async with asyncio.TaskGroup() as group:
+                    helpers = []
+                    if frames is None:
+                        helpers.append(group.create_task(self._guard(self._write())))
+                    if self.auth_changed is not None:
+                        helpers.append(group.create_task(self._guard(self._watch_expiry())))
+                    await self._guard(self._read())
+                    for helper in helpers:
+                        helper.cancel()
         finally:
+            self.task = None
             if frames is not None:
                 frames.on_frames_writable(None)
         await self._close()
@@ -236,6 +254,12 @@ class Connection:
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.closed or task is not self.task or task is None:
+                raise
+            # request_close interrupted the reader: a close, not a cancellation of the task.
+            task.uncancel()
         except WebSocketDisconnect:
             self.request_close(None)
         except Exception:
@@ -257,7 +281,7 @@ class Connection:
     def _flush(self) -> None:
         """The transport drained: write everything queued meanwhile, packed."""
         frames = self.frames
-        if frames is None or self.closing.is_set() or not self.queue:
+        if frames is None or self.closed or not self.queue.items:
             return
         items = self.queue.take_now()
         for packed in _pack(items):
@@ -307,7 +331,7 @@ class Connection:
 
     async def _read(self) -> None:
         limit = self.settings.max_ws_frame_bytes
-        while True:
+        while not self.closed:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.request_close(None)

@@ -16,11 +16,15 @@ flushes when :meth:`on_frames_writable`'s callback runs (uvicorn's ``resume_writ
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 from websockets.http11 import Request
 
 __all__ = ["EXTENSION", "FrameWriter", "RelayWebSocketProtocol", "frame_writer", "text_frame"]
@@ -70,13 +74,100 @@ def frame_writer(scope: Any) -> FrameWriter | None:
     return writer if writer is not None else None
 
 
+class _Inbox:
+    """``asyncio.Queue``'s subset uvicorn uses for inbound events, without its three deques.
+
+    uvicorn pauses reading while an event waits, so it rarely holds more than a couple.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[ASGIReceiveEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: ASGIReceiveEvent) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> ASGIReceiveEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class _Flag:
+    """``asyncio.Event``'s subset uvicorn uses for ``writable``; waiters only when waited on."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> None:
+        while not self._value:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, plus the ``relay.frames`` scope extension.
 
-    Pass it as uvicorn's ``ws=`` (a protocol class is accepted there).
+    Pass it as uvicorn's ``ws=`` (a protocol class is accepted there). It also holds an idle
+    connection in less memory: a list-based inbox and a waiter-on-demand ``writable`` flag
+    instead of an ``asyncio.Queue`` and an ``asyncio.Event`` (four deques of ~600 bytes), and
+    the handshake's request and response objects are dropped once the handshake is done.
     """
 
     _frames_callback: Callable[[], None] | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.queue = _Inbox()  # type: ignore[assignment]  # the subset of asyncio.Queue used
+        self.writable = _Flag()  # type: ignore[assignment]  # the subset of asyncio.Event used
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # Only the handshake reads these; an idle connection need not keep its headers.
+            self.request = None  # type: ignore[assignment]  # released after the handshake
+            self.response = None  # type: ignore[assignment]  # released after the handshake
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
