@@ -18,12 +18,14 @@ def gateway(
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
     """``async with gateway(**settings_overrides) as server`` → a running gateway.
 
-    ``raw_frames=False`` serves it without the raw frame path (plain ASGI sends only).
+    ``relay_protocols=False`` serves it with uvicorn's own protocols (plain ASGI sends only).
     """
 
     def start(
-        *, raw_frames: bool = True, **overrides: Any
+        *, relay_protocols: bool = True, **overrides: Any
     ) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
-        return run_gateway(gateway_settings(valkey_url, **overrides), raw_frames=raw_frames)
+        return run_gateway(
+            gateway_settings(valkey_url, **overrides), relay_protocols=relay_protocols
+        )
 
     return start

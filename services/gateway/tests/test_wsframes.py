@@ -94,11 +94,11 @@ async def test_plain_sans_io_server_offers_no_raw_path() -> None:
     assert seen == [False]
 
 
-@pytest.mark.parametrize("raw_frames", [True, False], ids=["raw-frames", "asgi-send"])
+@pytest.mark.parametrize("relay_protocols", [True, False], ids=["relay-protocols", "uvicorn"])
 async def test_live_messages_and_replies_arrive_in_order(
-    gateway: Gateway, valkey_client: ValkeyClient, topic: str, raw_frames: bool
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str, relay_protocols: bool
 ) -> None:
-    async with gateway(raw_frames=raw_frames) as server, ws_client(server) as ws:
+    async with gateway(relay_protocols=relay_protocols) as server, ws_client(server) as ws:
         await ws.subscribe(topic, req=1)
         ids: list[str] = []
         for round_ in range(5):

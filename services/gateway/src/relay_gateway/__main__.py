@@ -18,6 +18,7 @@ import uvicorn
 
 from relay_gateway import redact
 from relay_gateway.app import create_app
+from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
 from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.logging import configure_logging, uvicorn_log_config
@@ -31,7 +32,8 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "host": settings.gateway_host,
         "port": settings.gateway_port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, one write per response (relay_gateway.httpwrites).
+        "http": RelayHttpProtocol,
         # uvicorn's sans-I/O implementation plus the raw frame path (relay_gateway.wsframes).
         "ws": RelayWebSocketProtocol,
         "ws_per_message_deflate": False,

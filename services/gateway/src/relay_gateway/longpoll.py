@@ -13,7 +13,6 @@ the seam between "nothing yet" and "a message arrived" cannot lose one.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -95,11 +94,8 @@ def _answer(
     state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
 ) -> Response:
     if messages:
-        metrics = state.metrics.transport("poll")
-        now_ms = time.time() * 1000
-        for message in messages:
-            metrics.lag.observe(max(0.0, now_ms - message.ts) / 1000)
-        metrics.deliveries.inc(len(messages))
+        # One lag observation per answer, for its oldest message (as for the other transports).
+        state.metrics.transport("poll").written(len(messages), messages[0].ts)
         next_cursor = str(messages[-1].id)
     return JSONBytesResponse(_body(topic, messages, next_cursor, recovered))
 
