@@ -4,9 +4,9 @@ uvicorn writes a response's status line and headers when the app sends
 ``http.response.start`` and the body on ``http.response.body``: two ``send()`` system calls,
 and on loopback or a busy host two packets, for every long-poll answer. Long-poll is nothing
 but small responses, and those two writes were 40 % of the gateway's CPU under the long-poll
-benchmark. :class:`RelayHttpProtocol` gives each request cycle a transport whose writes made
-during one event-loop iteration go out together, as one write, at the end of that iteration
-(Starlette sends a response's start and body back to back, within one iteration).
+benchmark. :class:`RelayHttpProtocol` gives each request cycle a transport that holds writes
+back until the response is complete (or, for a streamed response such as SSE, until the end
+of the event-loop iteration) and then writes them as one.
 
 A WebSocket upgrade hands the real transport to the WebSocket protocol: frames are never
 delayed.
@@ -63,6 +63,14 @@ class RelayHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # A proxy with the Transport methods uvicorn calls.
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+    def on_response_complete(self) -> None:
+        # A complete response goes out now, not at the end of the iteration: when many polls
+        # are answered in one iteration, the first must not wait for the last to be built.
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.flush()
+        super().on_response_complete()
 
     def handle_websocket_upgrade(self) -> None:
         coalescing = self.transport

@@ -229,6 +229,8 @@ class Hub:
         if topic is not None:
             topic.users += 1
             topic.idle_since = None
+            if topic.ready.done() and topic.ready.exception() is None:
+                return topic  # the common case: no shield, no suspension
             try:
                 await asyncio.shield(topic.ready)
             except BaseException:
