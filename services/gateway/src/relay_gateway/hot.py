@@ -108,10 +108,11 @@ class Batch:
     batch as one write: one ``\n``-packed WebSocket frame built once for all subscribers.
     """
 
-    __slots__ = ("_frame", "_text", "contiguous", "first", "last", "messages", "oldest_ms")
+    __slots__ = ("_frame", "_text", "contiguous", "count", "first", "last", "messages", "oldest_ms")
 
     def __init__(self, messages: list[Message]) -> None:
         self.messages = messages
+        self.count = len(messages)
         self.first = messages[0]
         self.last = messages[-1]
         self.oldest_ms = messages[0].id.ms
@@ -124,7 +125,7 @@ class Batch:
         self._frame: bytes | None = None
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return self.count
 
     @property
     def ws_bytes(self) -> bytes:

@@ -171,14 +171,17 @@ class Connection:
 
     def deliver_batch(self, batch: Batch) -> None:
         frames = self.frames
+        if frames is not None and not self.queue.items and frames.frames_writable:
+            # The hot path: the same frame bytes for every subscriber; the hub accounts them.
+            frame = batch.ws_frame
+            if len(frame) <= PACKED_FRAME_BYTES:
+                frames.write_frames(frame)
+                self.metrics.pending += batch.count
+                return
         if len(batch.ws_bytes) > PACKED_FRAME_BYTES:
             for message in batch.messages:
                 self.deliver(message)
-        elif frames is not None and not self.queue.items and frames.frames_writable:
-            # The hot path: the same frame bytes for every subscriber; the hub accounts them.
-            frames.write_frames(batch.ws_frame)
-            self.metrics.pending += len(batch)
-        elif not self.queue.push(batch.ws_bytes, len(batch), batch.oldest_ms):
+        elif not self.queue.push(batch.ws_bytes, batch.count, batch.oldest_ms):
             self.overflow()
 
     def gap(self, topic: str, reason: str, first: Message) -> None:

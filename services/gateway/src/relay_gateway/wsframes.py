@@ -108,27 +108,27 @@ class _Inbox:
 class _Flag:
     """``asyncio.Event``'s subset uvicorn uses for ``writable``; waiters only when waited on."""
 
-    __slots__ = ("_value", "_waiters")
+    __slots__ = ("_waiters", "value")
 
     def __init__(self) -> None:
-        self._value = True
+        self.value = True
         self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
-        return self._value
+        return self.value
 
     def set(self) -> None:
-        self._value = True
+        self.value = True
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     def clear(self) -> None:
-        self._value = False
+        self.value = False
 
     async def wait(self) -> None:
-        while not self._value:
+        while not self.value:
             waiter = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
@@ -160,7 +160,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.queue = _Inbox()  # type: ignore[assignment]  # the subset of asyncio.Queue used
-        self.writable = _Flag()  # type: ignore[assignment]  # the subset of asyncio.Event used
+        self._writable = _Flag()
+        self.writable = self._writable  # type: ignore[assignment]  # the subset of asyncio.Event used
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
@@ -178,10 +179,10 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     @property
     def frames_writable(self) -> bool:
         return (
-            self.handshake_complete
+            self._writable.value
+            and self.handshake_complete
             and not self.close_sent
             and not self.disconnected
-            and self.writable.is_set()
             and not self.transport.is_closing()
         )
 
