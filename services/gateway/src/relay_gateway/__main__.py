@@ -42,6 +42,9 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "ws_ping_timeout": settings.ws_ping_interval,
         "log_config": uvicorn_log_config(),
         "log_level": settings.log_level,
+        # Access lines are logged at INFO: above that uvicorn would still format each one's
+        # client address and path per request only to drop it.
+        "access_log": settings.log_level in ("debug", "info"),
         "lifespan": "on",
         "proxy_headers": True,
     }

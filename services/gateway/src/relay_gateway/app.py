@@ -162,6 +162,14 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
+    # A plain loop: any() over a generator cost 3% of the gateway's CPU under long-poll load.
+    for name, _ in headers:  # noqa: SIM110  # see above
+        if name == b"origin":
+            return True
+    return False
+
+
 class GatewayApp(Starlette):
     """Starlette, except that the two hot endpoints skip layers that do nothing for them.
 
@@ -185,7 +193,7 @@ class GatewayApp(Starlette):
             scope["type"] == "http"
             and scope["method"] == "GET"
             and path == root + POLL_PATH
-            and not any(name == b"origin" for name, _ in scope["headers"])
+            and not _has_origin(scope["headers"])
         ):
             scope["app"] = self
             try:
