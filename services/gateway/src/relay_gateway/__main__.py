@@ -21,7 +21,7 @@ from relay_gateway.app import create_app
 from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
 from relay_gateway.wsframes import RelayWebSocketProtocol
-from relaycore.logging import configure_logging, uvicorn_log_config
+from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.settings import ConfigError, Settings
 
 __all__ = ["main"]
@@ -44,7 +44,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "log_level": settings.log_level,
         # Access lines are logged at INFO: above that uvicorn would still format each one's
         # client address and path per request only to drop it.
-        "access_log": settings.log_level in ("debug", "info"),
+        "access_log": settings.access_log and settings.log_level in ("debug", "info"),
         "lifespan": "on",
         "proxy_headers": True,
     }
@@ -53,7 +53,9 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
 def app_from_env() -> object:
     """Factory for uvicorn's multi-worker mode (``RELAY_WORKERS`` > 1)."""
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_service_logging(
+        settings.log_level, settings.log_format, access_log=settings.access_log
+    )
     redact.install()
     return create_app(settings)
 
@@ -64,7 +66,9 @@ def main() -> None:
     except ConfigError as error:
         print(f"relay-gateway: {error}", file=sys.stderr)
         sys.exit(1)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_service_logging(
+        settings.log_level, settings.log_format, access_log=settings.access_log
+    )
     redact.install()
     options = uvicorn_options(settings)
     if settings.workers > 1:
