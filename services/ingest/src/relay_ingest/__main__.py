@@ -83,6 +83,7 @@ def main() -> None:
     settings = load_settings()
     # Imported after the settings check: a bad variable is reported without loading the stack.
     from relay_ingest.app import create_app
+    from relay_ingest.protocol import CoalescingHttpToolsProtocol
 
     _configure_logging(settings)
     many = settings.workers > 1
@@ -94,7 +95,7 @@ def main() -> None:
         host=settings.ingest_host,
         port=settings.ingest_port,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         ws="none",
         lifespan="on",
         log_config=uvicorn_log_config(),
