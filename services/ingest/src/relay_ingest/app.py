@@ -91,7 +91,13 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             on_recover=reload_functions,
             observe_batch=metrics.pipeline_commands.observe,
         )
-        publisher = Publisher(client, pipeline, retention_of(settings), metrics)
+        publisher = Publisher(
+            client,
+            pipeline,
+            retention_of(settings),
+            metrics,
+            merge_limit=settings.publish_pipeline_size,
+        )
         metrics.valkey_available.set_function(lambda: float(pipeline.available))
         state = IngestState(
             settings=settings,
