@@ -38,6 +38,7 @@ from relaycore.streams import (
     StreamRetention,
     add_publish,
     add_publish_many,
+    add_publish_payloads,
     ensure_functions,
     is_missing_function,
     parse_publish_many,
@@ -78,6 +79,11 @@ def _by_topic(messages: Sequence[OutgoingMessage]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _is_plain(messages: Sequence[OutgoingMessage], call: Sequence[int]) -> bool:
+    """No headers and no idempotency key: the call can pass one argument per message."""
+    return all(messages[i].headers is None and messages[i].key is None for i in call)
+
+
 def _add_calls(
     messages: Sequence[OutgoingMessage],
     calls: Sequence[Sequence[int]],
@@ -90,9 +96,23 @@ def _add_calls(
             add_publish(
                 batch, message.topic, message.payload, message.headers, message.key, retention
             )
+        elif _is_plain(messages, call):
+            payloads = [messages[i].payload for i in call]
+            add_publish_payloads(batch, messages[call[0]].topic, payloads, retention)
         else:
             group = [(messages[i].payload, messages[i].headers, messages[i].key) for i in call]
             add_publish_many(batch, messages[call[0]].topic, group, retention)
+
+
+def _replies(
+    messages: Sequence[OutgoingMessage], call: Sequence[int], result: Any
+) -> list[tuple[Any, Any]]:
+    """``(id, duplicate)`` per message of one call added by :func:`_add_calls`."""
+    if len(messages) == 1:
+        return [result]
+    if _is_plain(messages, call):
+        return [(raw_id, 0) for raw_id in result]
+    return parse_publish_many(result)
 
 
 _MISSING = object()
@@ -164,7 +184,7 @@ class Publisher:
                 self._count_error("publish")
                 log.error("valkey_publish_failed", error=str(result))
                 raise Unavailable("storage refused the write") from result
-            replies = parse_publish_many(result) if len(messages) > 1 else [result]
+            replies = _replies(messages, call, result)
             for index, (raw_id, duplicate) in zip(call, replies, strict=True):
                 published[index] = _published(raw_id, duplicate)
         return published
@@ -225,7 +245,7 @@ class Publisher:
             elif isinstance(result, BaseException):
                 error = self._refused(result)
             else:
-                replies = parse_publish_many(result) if group.sent > 1 else [result]
+                replies = _replies(group.messages, range(group.sent), result)
                 outcomes = [_published(raw_id, duplicate) for raw_id, duplicate in replies]
         for index, waiter in enumerate(group.waiters):
             if waiter.done():  # its request was cancelled
