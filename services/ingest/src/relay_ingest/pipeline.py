@@ -7,6 +7,11 @@ never splitting an operation), sends it as ONE non-atomic batch with ``raise_on_
 hands every operation the slice of results that belongs to it: a failed command fails only the
 request that sent it.
 
+An operation's commands are added when the flusher takes it, so work can join a queued
+operation until then (:meth:`Pipeline.grow`; the publisher merges concurrent single publishes
+to one topic that way). The queue limit and the per-round-trip size count that work (its
+*weight*, e.g. messages), not just commands.
+
 While one batch is in flight the next one fills up, so under load the batches grow and the
 per-command cost falls toward the server's; with one request in flight the added latency is one
 event-loop tick.

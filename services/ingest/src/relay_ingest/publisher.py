@@ -9,8 +9,9 @@ request): one round trip, and a command per topic rather than per message.
 
 Concurrent single publishes to the same topic are merged the same way: the first queues one
 pipeline operation for the topic, later ones join it until the flusher takes it (at most
-``RELAY_PUBLISH_PIPELINE_SIZE`` messages), and it becomes one ``relay_publish_many`` call (or
-``relay_publish`` for a lone message). GLIDE's cost is per command, and Valkey looks up the
+``RELAY_PUBLISH_PIPELINE_SIZE`` messages), and it becomes one ``relay_publish_many`` call
+(``relay_publish_payloads`` when no message has headers or a key, ``relay_publish`` for a lone
+message). GLIDE's cost is per command, and Valkey looks up the
 previous id and trims once per call, so under load a round trip carries a few large calls
 instead of many small ones. Each request still gets its own result, in arrival order.
 
@@ -245,8 +246,12 @@ class Publisher:
             elif isinstance(result, BaseException):
                 error = self._refused(result)
             else:
-                replies = _replies(group.messages, range(group.sent), result)
-                outcomes = [_published(raw_id, duplicate) for raw_id, duplicate in replies]
+                try:
+                    replies = _replies(group.messages, range(group.sent), result)
+                    outcomes = [_published(raw_id, duplicate) for raw_id, duplicate in replies]
+                except Exception:  # a reply of an unexpected shape must not leave waiters hanging
+                    log.exception("valkey_publish_reply_unreadable")
+                    error = Unavailable("storage returned an unexpected reply")
         for index, waiter in enumerate(group.waiters):
             if waiter.done():  # its request was cancelled
                 continue
