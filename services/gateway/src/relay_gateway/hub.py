@@ -162,13 +162,17 @@ class Feed:
         """Live messages from the reader, consecutive: one sink call when the chain holds."""
         if (
             self.catching_up
-            or self.mode != _STRICT
+            or self.mode == _ACCEPT
+            or self.pending_gap is not None
             or not batch.contiguous
             or batch.first.previous != self.delivered
         ):
             for message in batch.messages:
                 self.offer(message)
             return
+        # _LOOSE (the first message after a client's cursor) whose chain holds exactly is the
+        # same as _STRICT: no overlap, no gap — a long-poll or resume that is caught up.
+        self.mode = _STRICT
         self.delivered = batch.last.id
         self.sink.deliver_batch(batch)
 

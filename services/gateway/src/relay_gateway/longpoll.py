@@ -16,9 +16,12 @@ import asyncio
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from relay_gateway.hot import Batch, Message
+from relay_gateway.httpwrites import PreparedResponse, ResponseWriter
 from relay_gateway.hub import Topic, Unavailable
+from relay_gateway.metrics import TransportMetrics
 from relay_gateway.params import (
     check_access,
     cursor_param,
@@ -44,16 +47,45 @@ class PollCollector:
 
     The hub hands it the messages as they are fanned out; the waiting request is woken by
     resolving one future (no Event, no timeout context: a poll is one short-lived object).
+
+    A poll that is caught up (its cursor is the batch's previous id), recovered, and served
+    through the ``relay.response`` extension is answered right inside the fan-out: every such
+    poll's answer is the same bytes — ``{"topic","messages","next","recovered":true}`` of the
+    whole batch — so they are built once per batch and written as is to each socket. The woken
+    request then only cleans up.
     """
 
-    __slots__ = ("full", "gapped", "limit", "messages", "wake")
+    __slots__ = (
+        "answered",
+        "full",
+        "gapped",
+        "limit",
+        "messages",
+        "metrics",
+        "recovered",
+        "topic_json",
+        "wake",
+        "writer",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        topic_json: bytes = b"",
+        writer: ResponseWriter | None = None,
+        metrics: TransportMetrics | None = None,
+    ) -> None:
         self.limit = limit
         self.messages: list[Message] = []
         self.gapped = False
         self.full = False
         self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Prepared answers: only with a writer, and only once the resume is known recovered.
+        self.topic_json = topic_json
+        self.writer = writer
+        self.metrics = metrics
+        self.recovered = False
+        self.answered = False
 
     def _wake(self) -> None:
         if not self.wake.done():
@@ -66,6 +98,21 @@ class PollCollector:
 
     def deliver_batch(self, batch: Batch) -> None:
         if not self.full and not self.messages and len(batch) <= self.limit:
+            if self.writer is not None and self.recovered and not self.gapped:
+                answer = batch.poll_answer
+                if answer is None:
+                    answer = batch.poll_answer = PreparedResponse(
+                        _body(self.topic_json, batch.messages, str(batch.last.id), True)
+                    )
+                if self.writer.write_prepared(answer):
+                    self.answered = True
+                    self.full = True
+                    if self.metrics is not None:
+                        # Counted and lag-observed once per fan-out (GatewayMetrics.flush_writes).
+                        self.metrics.pending += batch.count
+                        self.metrics.shared += 1
+                    self._wake()
+                    return
             self.messages = batch.messages[:]
             self._wake()
             return
@@ -115,11 +162,24 @@ class PollAnswer(Response):
         ]
 
 
-def _body(topic: Topic, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
+class _Written(Response):
+    """What the endpoint returns when its answer was already written as a prepared response."""
+
+    def __init__(self) -> None:
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return
+
+
+WRITTEN = _Written()
+
+
+def _body(topic_json: bytes, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
     return b"".join(
         (
             b'{"topic":',
-            topic.json,
+            topic_json,
             b',"messages":[',
             b",".join(message.envelope for message in messages),
             b'],"next":"',
@@ -138,10 +198,14 @@ def _answer(
         # One lag observation per answer, for its oldest message (as for the other transports).
         state.metrics.transport("poll").written(len(messages), messages[0].ts)
         next_cursor = str(messages[-1].id)
-    return PollAnswer(_body(topic, messages, next_cursor, recovered))
+    return PollAnswer(_body(topic.json, messages, next_cursor, recovered))
 
 
-async def poll_endpoint(request: Request) -> Response:
+async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) -> Response:
+    """The long-poll endpoint; ``writer`` (``relay.response``) allows prepared answers.
+
+    Pass a writer only when the answer needs no per-request headers (no CORS: no ``Origin``).
+    """
     state = gateway_state(request)
     if state.drain.draining:
         raise draining()
@@ -158,9 +222,9 @@ async def poll_endpoint(request: Request) -> Response:
         topic = await hub.acquire(name)
     except Unavailable:
         raise unavailable() from None
-    collector = PollCollector(limit)
-    feed = hub.attach(topic, collector)
     metrics = state.metrics.transport("poll")
+    collector = PollCollector(limit, topic.json, writer, metrics)
+    feed = hub.attach(topic, collector)
     metrics.connections.inc()
     state.drain.streams.add(collector)
     try:
@@ -178,9 +242,12 @@ async def poll_endpoint(request: Request) -> Response:
             # A bare-timestamp cursor stays valid as is; after a gap, resume at the stream's end.
             next_cursor = since if recovered and since is not None else str(resume.after)
             feed.resume_after(resume.after, check=recovered)
+        collector.recovered = recovered
         feed.go_live()
         if not collector.messages and not state.drain.draining:
             await collector.wait(timeout)
+        if collector.answered:
+            return WRITTEN
         return _answer(
             state, topic, collector.messages, next_cursor, recovered and not collector.gapped
         )

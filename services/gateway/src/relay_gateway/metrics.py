@@ -25,7 +25,7 @@ class TransportMetrics:
     increment per subscriber would cost more than the write itself.
     """
 
-    __slots__ = ("connections", "deliveries", "lag", "pending", "slow_consumers")
+    __slots__ = ("connections", "deliveries", "lag", "pending", "shared", "slow_consumers")
 
     def __init__(self, metrics: GatewayMetrics, transport: str) -> None:
         self.connections = metrics.connections.labels(transport)
@@ -33,6 +33,8 @@ class TransportMetrics:
         self.lag = metrics.delivery_lag.labels(transport)
         self.slow_consumers = metrics.slow_consumers.labels(transport)
         self.pending = 0
+        # Long-poll answers written from a shared prepared response during one fan-out.
+        self.shared = 0
 
     def written(self, count: int, oldest_ms: int) -> None:
         """``count`` deliveries written now, the oldest published at ``oldest_ms``."""
@@ -91,6 +93,12 @@ class GatewayMetrics(CommonMetrics):
             "Topics this gateway currently reads from Valkey",
             registry=self.registry,
         )
+        self.poll_shared_answers = Counter(
+            "relay_gateway_poll_shared_answers",
+            "Long-poll answers written during the fan-out from one response prepared for every "
+            "poll waiting at the same cursor",
+            registry=self.registry,
+        )
         self.transports = {name: TransportMetrics(self, name) for name in TRANSPORTS}
         for name in TRANSPORTS:
             # Export zero-valued series from the start so dashboards see every transport.
@@ -108,3 +116,6 @@ class GatewayMetrics(CommonMetrics):
             if transport.pending:
                 transport.written(transport.pending, oldest_ms)
                 transport.pending = 0
+            if transport.shared:
+                self.poll_shared_answers.inc(transport.shared)
+                transport.shared = 0
