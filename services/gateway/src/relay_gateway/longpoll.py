@@ -28,6 +28,7 @@ from relay_gateway.params import (
     draining,
     integer_param,
     number_param,
+    parse_query,
     topic_param,
     unavailable,
 )
@@ -209,11 +210,12 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     state = gateway_state(request)
     if state.drain.draining:
         raise draining()
-    name = topic_param(request)
-    since = request.query_params.get("since")
+    query = parse_query(request.scope["query_string"])
+    name = topic_param(query)
+    since = query.get("since")
     cursor = cursor_param("since", since)
-    timeout = number_param(request, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
-    limit = integer_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    timeout = number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
+    limit = integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     check_access(state, request, name)
     hub = state.hub
     try:
@@ -225,7 +227,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     metrics = state.metrics.transport("poll")
     collector = PollCollector(limit, topic.json, writer, metrics)
     feed = hub.attach(topic, collector)
-    metrics.connections.inc()
+    metrics.open += 1
     state.drain.streams.add(collector)
     try:
         if cursor is None:
@@ -253,7 +255,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
         )
     finally:
         state.drain.streams.discard(collector)
-        metrics.connections.dec()
+        metrics.open -= 1
         hub.detach(feed)
 
 

@@ -25,7 +25,15 @@ class TransportMetrics:
     increment per subscriber would cost more than the write itself.
     """
 
-    __slots__ = ("connections", "deliveries", "lag", "pending", "shared", "slow_consumers")
+    __slots__ = (
+        "connections",
+        "deliveries",
+        "lag",
+        "open",
+        "pending",
+        "shared",
+        "slow_consumers",
+    )
 
     def __init__(self, metrics: GatewayMetrics, transport: str) -> None:
         self.connections = metrics.connections.labels(transport)
@@ -35,6 +43,8 @@ class TransportMetrics:
         self.pending = 0
         # Long-poll answers written from a shared prepared response during one fan-out.
         self.shared = 0
+        # Long-polls in flight: a plain count read at scrape time (no lock per request).
+        self.open = 0
 
     def written(self, count: int, oldest_ms: int) -> None:
         """``count`` deliveries written now, the oldest published at ``oldest_ms``."""
@@ -100,6 +110,8 @@ class GatewayMetrics(CommonMetrics):
             registry=self.registry,
         )
         self.transports = {name: TransportMetrics(self, name) for name in TRANSPORTS}
+        poll = self.transports["poll"]
+        poll.connections.set_function(lambda: poll.open)
         for name in TRANSPORTS:
             # Export zero-valued series from the start so dashboards see every transport.
             self.transports[name].deliveries.inc(0)
