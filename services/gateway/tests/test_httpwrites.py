@@ -188,3 +188,38 @@ async def test_waiting_polls_under_plain_uvicorn_are_answered_without_the_extens
         for answer in await asyncio.gather(*waiting):
             assert answer.json()["messages"][0]["id"] == ids[0]
         assert _shared_answers((await http.get("/metrics")).text) == 0
+
+
+async def test_polls_arriving_behind_at_one_cursor_share_a_prepared_answer(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    async with gateway() as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        first = await http.get("/api/v1/poll", params={"topic": topic, "timeout": "0.1"})
+        cursor = first.json()["next"]
+        # Keep the topic read (a waiting poll) so later polls are answered from the hot window.
+        waiting = asyncio.create_task(
+            http.get("/api/v1/poll", params={"topic": topic, "since": cursor, "timeout": "20"})
+        )
+        await _waiting_polls(http, 1)
+        ids = await publish(valkey_client, topic, [{"n": 1}, {"n": 2}, {"n": 3}])
+        await waiting
+        answers = []
+        for reader, writer in await _poll_connections(server, 3):
+            writer.write(_get(f"/api/v1/poll?topic={topic}&since={cursor}&timeout=20"))
+            answers.append(await _raw_response(reader))
+            writer.close()
+        bodies = {body for _, body in answers}
+        assert len(bodies) == 1
+        body = msgspec.json.decode(bodies.pop())
+        assert [m["id"] for m in body["messages"]] == ids
+        assert body["next"] == ids[-1]
+        assert body["recovered"] is True
+        # A limit below what is retained is a different answer: still exact.
+        short = await http.get(
+            "/api/v1/poll", params={"topic": topic, "since": cursor, "limit": "2"}
+        )
+        assert [m["id"] for m in short.json()["messages"]] == ids[:2]
+        assert short.json()["next"] == ids[1]
+        metrics = (await http.get("/metrics")).text
+        # The waiting poll, the three that arrived behind, and the one with a limit.
+        assert _shared_answers(metrics) == 5

@@ -25,6 +25,7 @@ from glide import GlideError
 from opentelemetry.trace import SpanKind, Tracer
 
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
+from relay_gateway.httpwrites import PreparedResponse
 from relay_gateway.metrics import GatewayMetrics
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
@@ -73,6 +74,7 @@ class Topic:
         "json",
         "key",
         "name",
+        "poll_answer",
         "position",
         "ready",
         "users",
@@ -89,6 +91,8 @@ class Topic:
         self.users = 0
         self.idle_since: float | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The last prepared long-poll answer: (first id, last id, response), owned by longpoll.
+        self.poll_answer: tuple[StreamId, StreamId, PreparedResponse] | None = None
 
     @classmethod
     def detached(cls, name: str) -> Topic:

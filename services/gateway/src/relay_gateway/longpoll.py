@@ -64,7 +64,7 @@ class PollCollector:
         "messages",
         "metrics",
         "recovered",
-        "topic_json",
+        "topic",
         "wake",
         "writer",
     )
@@ -72,7 +72,7 @@ class PollCollector:
     def __init__(
         self,
         limit: int,
-        topic_json: bytes = b"",
+        topic: Topic | None = None,
         writer: ResponseWriter | None = None,
         metrics: TransportMetrics | None = None,
     ) -> None:
@@ -82,7 +82,7 @@ class PollCollector:
         self.full = False
         self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Prepared answers: only with a writer, and only once the resume is known recovered.
-        self.topic_json = topic_json
+        self.topic = topic
         self.writer = writer
         self.metrics = metrics
         self.recovered = False
@@ -99,13 +99,12 @@ class PollCollector:
 
     def deliver_batch(self, batch: Batch) -> None:
         if not self.full and not self.messages and len(batch) <= self.limit:
-            if self.writer is not None and self.recovered and not self.gapped:
+            writer = self.writer
+            if writer is not None and self.topic is not None and self.recovered and not self.gapped:
                 answer = batch.poll_answer
                 if answer is None:
-                    answer = batch.poll_answer = PreparedResponse(
-                        _body(self.topic_json, batch.messages, str(batch.last.id), True)
-                    )
-                if self.writer.write_prepared(answer):
+                    answer = batch.poll_answer = prepared_answer(self.topic, batch.messages)
+                if writer.write_prepared(answer):
                     self.answered = True
                     self.full = True
                     if self.metrics is not None:
@@ -192,6 +191,22 @@ def _body(topic_json: bytes, messages: list[Message], next_cursor: str, recovere
     )
 
 
+def prepared_answer(topic: Topic, messages: list[Message]) -> PreparedResponse:
+    """The recovered answer carrying exactly ``messages`` (consecutive), built once.
+
+    Between two fan-outs, polls arriving at the same cursor (behind by the same messages) get
+    the same answer: the topic keeps the last one built, keyed by its first and last id — in a
+    stream those two fix every message between them.
+    """
+    first, last = messages[0].id, messages[-1].id
+    cached = topic.poll_answer
+    if cached is not None and cached[0] == first and cached[1] == last:
+        return cached[2]
+    answer = PreparedResponse(_body(topic.json, messages, str(last), True))
+    topic.poll_answer = (first, last, answer)
+    return answer
+
+
 def _answer(
     state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
 ) -> Response:
@@ -225,7 +240,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     except Unavailable:
         raise unavailable() from None
     metrics = state.metrics.transport("poll")
-    collector = PollCollector(limit, topic.json, writer, metrics)
+    collector = PollCollector(limit, topic, writer, metrics)
     feed = hub.attach(topic, collector)
     metrics.open += 1
     state.drain.streams.add(collector)
@@ -239,6 +254,14 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
             except Unavailable:
                 raise unavailable() from None
             if resume.messages:
+                if (
+                    writer is not None
+                    and resume.recovered
+                    and writer.write_prepared(prepared_answer(topic, resume.messages))
+                ):
+                    metrics.written(len(resume.messages), resume.messages[0].ts)
+                    state.metrics.poll_shared_answers.inc()
+                    return WRITTEN
                 return _answer(state, topic, resume.messages, "", resume.recovered)
             recovered = resume.recovered
             # A bare-timestamp cursor stays valid as is; after a gap, resume at the stream's end.

@@ -105,8 +105,9 @@ class GatewayMetrics(CommonMetrics):
         )
         self.poll_shared_answers = Counter(
             "relay_gateway_poll_shared_answers",
-            "Long-poll answers written during the fan-out from one response prepared for every "
-            "poll waiting at the same cursor",
+            "Long-poll answers written from a response prepared once for every poll at the same "
+            "cursor (waiting ones during the fan-out, and those arriving behind by the same "
+            "messages)",
             registry=self.registry,
         )
         self.transports = {name: TransportMetrics(self, name) for name in TRANSPORTS}
