@@ -128,3 +128,17 @@ async def test_extreme_cursors_are_answered(
         too_big = "18446744073709551616-0"
         response = await http.get("/api/v1/poll", params={"topic": topic, "since": too_big})
         assert response.status_code == 422
+
+
+async def test_repeated_query_strings_answer_alike_and_stay_validated(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    ids = await publish(valkey_client, topic, [1, 2, 3])
+    async with gateway() as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for _ in range(2):  # the second time the validated query string is reused
+            two = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=2&timeout=0")
+            assert [m["id"] for m in two.json()["messages"]] == ids[:2]
+            three = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=3&timeout=0")
+            assert [m["id"] for m in three.json()["messages"]] == ids
+            bad = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=1001")
+            assert bad.status_code == 422

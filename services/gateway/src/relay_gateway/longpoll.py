@@ -13,6 +13,7 @@ the seam between "nothing yet" and "a message arrived" cannot lose one.
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,8 +35,20 @@ from relay_gateway.params import (
 )
 from relay_gateway.recovery import decide, stream_end
 from relay_gateway.state import GatewayState, gateway_state
+from relaycore.ids import Cursor
 
-__all__ = ["DEFAULT_LIMIT", "DEFAULT_TIMEOUT", "MAX_LIMIT", "MAX_TIMEOUT", "poll_endpoint"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "MAX_LIMIT",
+    "MAX_TIMEOUT",
+    "PollQuery",
+    "poll_endpoint",
+    "poll_query",
+]
+
+# Validated query strings kept per gateway; the cache is emptied when it reaches this size.
+QUERY_CACHE_SIZE = 256
 
 DEFAULT_TIMEOUT = 25.0
 MAX_TIMEOUT = 55.0
@@ -191,6 +204,41 @@ def _body(topic_json: bytes, messages: list[Message], next_cursor: str, recovere
     )
 
 
+class PollQuery(NamedTuple):
+    """A long-poll's validated query parameters."""
+
+    topic: str
+    since: str | None
+    cursor: Cursor | None
+    timeout: float
+    limit: int
+
+
+def poll_query(state: GatewayState, raw: bytes) -> PollQuery:
+    """The validated parameters of query string ``raw`` (422 :class:`ApiError` when invalid).
+
+    Polls caught up on one topic send the very same query string (same topic, same cursor), so
+    the validated result is kept per string: a dictionary hit instead of splitting and four
+    pattern checks per request. Only valid strings are kept, at most ``QUERY_CACHE_SIZE``.
+    """
+    cache = state.poll_queries
+    parsed = cache.get(raw)
+    if parsed is None:
+        query = parse_query(raw)
+        since = query.get("since")
+        parsed = PollQuery(
+            topic_param(query),
+            since,
+            cursor_param("since", since),
+            number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT),
+            integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        )
+        if len(cache) >= QUERY_CACHE_SIZE:
+            cache.clear()
+        cache[raw] = parsed
+    return parsed
+
+
 def prepared_answer(topic: Topic, messages: list[Message]) -> PreparedResponse:
     """The recovered answer carrying exactly ``messages`` (consecutive), built once.
 
@@ -225,12 +273,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     state = gateway_state(request)
     if state.drain.draining:
         raise draining()
-    query = parse_query(request.scope["query_string"])
-    name = topic_param(query)
-    since = query.get("since")
-    cursor = cursor_param("since", since)
-    timeout = number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
-    limit = integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    name, since, cursor, timeout, limit = poll_query(state, request.scope["query_string"])
     check_access(state, request, name)
     hub = state.hub
     try:
