@@ -255,6 +255,17 @@ def prepared_answer(topic: Topic, messages: list[Message]) -> PreparedResponse:
     return answer
 
 
+def _answer_now(
+    state: GatewayState, topic: Topic, messages: list[Message], writer: ResponseWriter | None
+) -> Response:
+    """A recovered answer with ``messages``: the shared prepared bytes when they can be written."""
+    if writer is not None and writer.write_prepared(prepared_answer(topic, messages)):
+        state.metrics.transport("poll").written(len(messages), messages[0].ts)
+        state.metrics.poll_shared_answers.inc()
+        return WRITTEN
+    return _answer(state, topic, messages, "", True)
+
+
 def _answer(
     state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
 ) -> Response:
@@ -283,6 +294,14 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     except Unavailable:
         raise unavailable() from None
     metrics = state.metrics.transport("poll")
+    if cursor is not None and cursor.after < topic.position and topic.hot.covers(cursor.after):
+        # Behind, inside the hot window (decide's first case): the answer is complete now, so
+        # no feed, no collector — under load most polls arrive after the next message.
+        messages = topic.hot.after(cursor.after, limit)
+        if messages:
+            hub.release(topic)
+            hub.metrics.hot_hits.inc()
+            return _answer_now(state, topic, messages, writer)
     collector = PollCollector(limit, topic, writer, metrics)
     feed = hub.attach(topic, collector)
     metrics.open += 1
@@ -297,15 +316,9 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
             except Unavailable:
                 raise unavailable() from None
             if resume.messages:
-                if (
-                    writer is not None
-                    and resume.recovered
-                    and writer.write_prepared(prepared_answer(topic, resume.messages))
-                ):
-                    metrics.written(len(resume.messages), resume.messages[0].ts)
-                    state.metrics.poll_shared_answers.inc()
-                    return WRITTEN
-                return _answer(state, topic, resume.messages, "", resume.recovered)
+                if resume.recovered:
+                    return _answer_now(state, topic, resume.messages, writer)
+                return _answer(state, topic, resume.messages, "", False)
             recovered = resume.recovered
             # A bare-timestamp cursor stays valid as is; after a gap, resume at the stream's end.
             next_cursor = since if recovered and since is not None else str(resume.after)
