@@ -128,3 +128,57 @@ async def test_extreme_cursors_are_answered(
         too_big = "18446744073709551616-0"
         response = await http.get("/api/v1/poll", params={"topic": topic, "since": too_big})
         assert response.status_code == 422
+
+
+async def test_repeated_query_strings_answer_alike_and_stay_validated(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    ids = await publish(valkey_client, topic, [1, 2, 3])
+    async with gateway() as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        for _ in range(2):  # the second time the validated query string is reused
+            two = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=2&timeout=0")
+            assert [m["id"] for m in two.json()["messages"]] == ids[:2]
+            three = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=3&timeout=0")
+            assert [m["id"] for m in three.json()["messages"]] == ids
+            bad = await http.get(f"/api/v1/poll?topic={topic}&since=0-0&limit=1001")
+            assert bad.status_code == 422
+
+
+async def test_polls_behind_inside_the_hot_window_page_exactly(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    async with gateway() as server, httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        start = (await http.get("/api/v1/poll", params={"topic": topic, "timeout": "0.1"})).json()
+        cursor = start["next"]
+        ids: list[str] = []
+        for n in range(3):
+            # Each message read live (the topic stays active), so all three sit in the window.
+            waiting = asyncio.create_task(
+                http.get("/api/v1/poll", params={"topic": topic, "since": cursor, "timeout": "20"})
+            )
+            needle = 'relay_gateway_connections{transport="poll"} 1.0'
+            while needle not in (await http.get("/metrics")).text:  # noqa: ASYNC110  # the gauge is the only signal the server gives
+                await asyncio.sleep(0.02)
+            ids += await publish(valkey_client, topic, [n])
+            cursor = (await waiting).json()["next"]
+        assert cursor == ids[-1]
+        since = start["next"]
+        pages = []
+        for _ in range(2):
+            body = (
+                await http.get(
+                    "/api/v1/poll", params={"topic": topic, "since": since, "limit": "2"}
+                )
+            ).json()
+            assert body["recovered"] is True
+            pages.append([m["id"] for m in body["messages"]])
+            since = body["next"]
+        assert pages == [ids[:2], ids[2:]]
+        assert since == ids[-1]
+        everything = await http.get("/api/v1/poll", params={"topic": topic, "since": start["next"]})
+        assert [m["id"] for m in everything.json()["messages"]] == ids
+        hits = [
+            line for line in (await http.get("/metrics")).text.splitlines()
+            if line.startswith("relay_hot_tier_hits_total ")
+        ]  # fmt: skip
+        assert float(hits[0].split()[1]) >= 3

@@ -25,6 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay_gateway.httpwrites import response_writer
 from relay_gateway.hub import Hub
 from relay_gateway.longpoll import (
     DEFAULT_LIMIT,
@@ -197,7 +198,7 @@ class GatewayApp(Starlette):
         ):
             scope["app"] = self
             try:
-                response = await poll_endpoint(Request(scope, receive))
+                response = await poll_endpoint(Request(scope, receive), response_writer(scope))
             except ApiError as error:
                 response = error_response(error)
             await response(scope, receive, send)

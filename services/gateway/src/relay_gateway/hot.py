@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import msgspec
 
+from relay_gateway.httpwrites import PreparedResponse
 from relay_gateway.wsframes import text_frame
 from relaycore.ids import ZERO, StreamId
 from relaycore.streams import StreamEntry
@@ -108,7 +109,17 @@ class Batch:
     batch as one write: one ``\n``-packed WebSocket frame built once for all subscribers.
     """
 
-    __slots__ = ("_frame", "_text", "contiguous", "count", "first", "last", "messages", "oldest_ms")
+    __slots__ = (
+        "_frame",
+        "_text",
+        "contiguous",
+        "count",
+        "first",
+        "last",
+        "messages",
+        "oldest_ms",
+        "poll_answer",
+    )
 
     def __init__(self, messages: list[Message]) -> None:
         self.messages = messages
@@ -123,6 +134,9 @@ class Batch:
         )
         self._text: bytes | None = None
         self._frame: bytes | None = None
+        # The long-poll answer carrying exactly this batch, built by the first caught-up poll
+        # it is handed to and written as is to every other (relay_gateway.longpoll).
+        self.poll_answer: PreparedResponse | None = None
 
     def __len__(self) -> int:
         return self.count

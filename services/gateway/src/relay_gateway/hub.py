@@ -25,6 +25,7 @@ from glide import GlideError
 from opentelemetry.trace import SpanKind, Tracer
 
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
+from relay_gateway.httpwrites import PreparedResponse
 from relay_gateway.metrics import GatewayMetrics
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
@@ -73,6 +74,7 @@ class Topic:
         "json",
         "key",
         "name",
+        "poll_answer",
         "position",
         "ready",
         "users",
@@ -89,6 +91,8 @@ class Topic:
         self.users = 0
         self.idle_since: float | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The last prepared long-poll answer: (first id, last id, response), owned by longpoll.
+        self.poll_answer: tuple[StreamId, StreamId, PreparedResponse] | None = None
 
     @classmethod
     def detached(cls, name: str) -> Topic:
@@ -162,13 +166,17 @@ class Feed:
         """Live messages from the reader, consecutive: one sink call when the chain holds."""
         if (
             self.catching_up
-            or self.mode != _STRICT
+            or self.mode == _ACCEPT
+            or self.pending_gap is not None
             or not batch.contiguous
             or batch.first.previous != self.delivered
         ):
             for message in batch.messages:
                 self.offer(message)
             return
+        # _LOOSE (the first message after a client's cursor) whose chain holds exactly is the
+        # same as _STRICT: no overlap, no gap — a long-poll or resume that is caught up.
+        self.mode = _STRICT
         self.delivered = batch.last.id
         self.sink.deliver_batch(batch)
 

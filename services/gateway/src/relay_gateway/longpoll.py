@@ -13,25 +13,42 @@ the seam between "nothing yet" and "a message arrived" cannot lose one.
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from relay_gateway.hot import Batch, Message
+from relay_gateway.httpwrites import PreparedResponse, ResponseWriter
 from relay_gateway.hub import Topic, Unavailable
+from relay_gateway.metrics import TransportMetrics
 from relay_gateway.params import (
     check_access,
     cursor_param,
     draining,
     integer_param,
     number_param,
+    parse_query,
     topic_param,
     unavailable,
 )
 from relay_gateway.recovery import decide, stream_end
 from relay_gateway.state import GatewayState, gateway_state
+from relaycore.ids import Cursor
 
-__all__ = ["DEFAULT_LIMIT", "DEFAULT_TIMEOUT", "MAX_LIMIT", "MAX_TIMEOUT", "poll_endpoint"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "DEFAULT_TIMEOUT",
+    "MAX_LIMIT",
+    "MAX_TIMEOUT",
+    "PollQuery",
+    "poll_endpoint",
+    "poll_query",
+]
+
+# Validated query strings kept per gateway; the cache is emptied when it reaches this size.
+QUERY_CACHE_SIZE = 256
 
 DEFAULT_TIMEOUT = 25.0
 MAX_TIMEOUT = 55.0
@@ -44,16 +61,45 @@ class PollCollector:
 
     The hub hands it the messages as they are fanned out; the waiting request is woken by
     resolving one future (no Event, no timeout context: a poll is one short-lived object).
+
+    A poll that is caught up (its cursor is the batch's previous id), recovered, and served
+    through the ``relay.response`` extension is answered right inside the fan-out: every such
+    poll's answer is the same bytes — ``{"topic","messages","next","recovered":true}`` of the
+    whole batch — so they are built once per batch and written as is to each socket. The woken
+    request then only cleans up.
     """
 
-    __slots__ = ("full", "gapped", "limit", "messages", "wake")
+    __slots__ = (
+        "answered",
+        "full",
+        "gapped",
+        "limit",
+        "messages",
+        "metrics",
+        "recovered",
+        "topic",
+        "wake",
+        "writer",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        topic: Topic | None = None,
+        writer: ResponseWriter | None = None,
+        metrics: TransportMetrics | None = None,
+    ) -> None:
         self.limit = limit
         self.messages: list[Message] = []
         self.gapped = False
         self.full = False
         self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Prepared answers: only with a writer, and only once the resume is known recovered.
+        self.topic = topic
+        self.writer = writer
+        self.metrics = metrics
+        self.recovered = False
+        self.answered = False
 
     def _wake(self) -> None:
         if not self.wake.done():
@@ -66,6 +112,20 @@ class PollCollector:
 
     def deliver_batch(self, batch: Batch) -> None:
         if not self.full and not self.messages and len(batch) <= self.limit:
+            writer = self.writer
+            if writer is not None and self.topic is not None and self.recovered and not self.gapped:
+                answer = batch.poll_answer
+                if answer is None:
+                    answer = batch.poll_answer = prepared_answer(self.topic, batch.messages)
+                if writer.write_prepared(answer):
+                    self.answered = True
+                    self.full = True
+                    if self.metrics is not None:
+                        # Counted and lag-observed once per fan-out (GatewayMetrics.flush_writes).
+                        self.metrics.pending += batch.count
+                        self.metrics.shared += 1
+                    self._wake()
+                    return
             self.messages = batch.messages[:]
             self._wake()
             return
@@ -115,11 +175,24 @@ class PollAnswer(Response):
         ]
 
 
-def _body(topic: Topic, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
+class _Written(Response):
+    """What the endpoint returns when its answer was already written as a prepared response."""
+
+    def __init__(self) -> None:
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return
+
+
+WRITTEN = _Written()
+
+
+def _body(topic_json: bytes, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
     return b"".join(
         (
             b'{"topic":',
-            topic.json,
+            topic_json,
             b',"messages":[',
             b",".join(message.envelope for message in messages),
             b'],"next":"',
@@ -131,6 +204,68 @@ def _body(topic: Topic, messages: list[Message], next_cursor: str, recovered: bo
     )
 
 
+class PollQuery(NamedTuple):
+    """A long-poll's validated query parameters."""
+
+    topic: str
+    since: str | None
+    cursor: Cursor | None
+    timeout: float
+    limit: int
+
+
+def poll_query(state: GatewayState, raw: bytes) -> PollQuery:
+    """The validated parameters of query string ``raw`` (422 :class:`ApiError` when invalid).
+
+    Polls caught up on one topic send the very same query string (same topic, same cursor), so
+    the validated result is kept per string: a dictionary hit instead of splitting and four
+    pattern checks per request. Only valid strings are kept, at most ``QUERY_CACHE_SIZE``.
+    """
+    cache = state.poll_queries
+    parsed = cache.get(raw)
+    if parsed is None:
+        query = parse_query(raw)
+        since = query.get("since")
+        parsed = PollQuery(
+            topic_param(query),
+            since,
+            cursor_param("since", since),
+            number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT),
+            integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        )
+        if len(cache) >= QUERY_CACHE_SIZE:
+            cache.clear()
+        cache[raw] = parsed
+    return parsed
+
+
+def prepared_answer(topic: Topic, messages: list[Message]) -> PreparedResponse:
+    """The recovered answer carrying exactly ``messages`` (consecutive), built once.
+
+    Between two fan-outs, polls arriving at the same cursor (behind by the same messages) get
+    the same answer: the topic keeps the last one built, keyed by its first and last id — in a
+    stream those two fix every message between them.
+    """
+    first, last = messages[0].id, messages[-1].id
+    cached = topic.poll_answer
+    if cached is not None and cached[0] == first and cached[1] == last:
+        return cached[2]
+    answer = PreparedResponse(_body(topic.json, messages, str(last), True))
+    topic.poll_answer = (first, last, answer)
+    return answer
+
+
+def _answer_now(
+    state: GatewayState, topic: Topic, messages: list[Message], writer: ResponseWriter | None
+) -> Response:
+    """A recovered answer with ``messages``: the shared prepared bytes when they can be written."""
+    if writer is not None and writer.write_prepared(prepared_answer(topic, messages)):
+        state.metrics.transport("poll").written(len(messages), messages[0].ts)
+        state.metrics.poll_shared_answers.inc()
+        return WRITTEN
+    return _answer(state, topic, messages, "", True)
+
+
 def _answer(
     state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
 ) -> Response:
@@ -138,18 +273,18 @@ def _answer(
         # One lag observation per answer, for its oldest message (as for the other transports).
         state.metrics.transport("poll").written(len(messages), messages[0].ts)
         next_cursor = str(messages[-1].id)
-    return PollAnswer(_body(topic, messages, next_cursor, recovered))
+    return PollAnswer(_body(topic.json, messages, next_cursor, recovered))
 
 
-async def poll_endpoint(request: Request) -> Response:
+async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) -> Response:
+    """The long-poll endpoint; ``writer`` (``relay.response``) allows prepared answers.
+
+    Pass a writer only when the answer needs no per-request headers (no CORS: no ``Origin``).
+    """
     state = gateway_state(request)
     if state.drain.draining:
         raise draining()
-    name = topic_param(request)
-    since = request.query_params.get("since")
-    cursor = cursor_param("since", since)
-    timeout = number_param(request, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT)
-    limit = integer_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    name, since, cursor, timeout, limit = poll_query(state, request.scope["query_string"])
     check_access(state, request, name)
     hub = state.hub
     try:
@@ -158,10 +293,18 @@ async def poll_endpoint(request: Request) -> Response:
         topic = await hub.acquire(name)
     except Unavailable:
         raise unavailable() from None
-    collector = PollCollector(limit)
-    feed = hub.attach(topic, collector)
     metrics = state.metrics.transport("poll")
-    metrics.connections.inc()
+    if cursor is not None and cursor.after < topic.position and topic.hot.covers(cursor.after):
+        # Behind, inside the hot window (decide's first case): the answer is complete now, so
+        # no feed, no collector — under load most polls arrive after the next message.
+        messages = topic.hot.after(cursor.after, limit)
+        if messages:
+            hub.release(topic)
+            hub.metrics.hot_hits.inc()
+            return _answer_now(state, topic, messages, writer)
+    collector = PollCollector(limit, topic, writer, metrics)
+    feed = hub.attach(topic, collector)
+    metrics.open += 1
     state.drain.streams.add(collector)
     try:
         if cursor is None:
@@ -173,20 +316,25 @@ async def poll_endpoint(request: Request) -> Response:
             except Unavailable:
                 raise unavailable() from None
             if resume.messages:
-                return _answer(state, topic, resume.messages, "", resume.recovered)
+                if resume.recovered:
+                    return _answer_now(state, topic, resume.messages, writer)
+                return _answer(state, topic, resume.messages, "", False)
             recovered = resume.recovered
             # A bare-timestamp cursor stays valid as is; after a gap, resume at the stream's end.
             next_cursor = since if recovered and since is not None else str(resume.after)
             feed.resume_after(resume.after, check=recovered)
+        collector.recovered = recovered
         feed.go_live()
         if not collector.messages and not state.drain.draining:
             await collector.wait(timeout)
+        if collector.answered:
+            return WRITTEN
         return _answer(
             state, topic, collector.messages, next_cursor, recovered and not collector.gapped
         )
     finally:
         state.drain.streams.discard(collector)
-        metrics.connections.dec()
+        metrics.open -= 1
         hub.detach(feed)
 
 

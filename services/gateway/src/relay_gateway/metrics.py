@@ -25,7 +25,15 @@ class TransportMetrics:
     increment per subscriber would cost more than the write itself.
     """
 
-    __slots__ = ("connections", "deliveries", "lag", "pending", "slow_consumers")
+    __slots__ = (
+        "connections",
+        "deliveries",
+        "lag",
+        "open",
+        "pending",
+        "shared",
+        "slow_consumers",
+    )
 
     def __init__(self, metrics: GatewayMetrics, transport: str) -> None:
         self.connections = metrics.connections.labels(transport)
@@ -33,6 +41,10 @@ class TransportMetrics:
         self.lag = metrics.delivery_lag.labels(transport)
         self.slow_consumers = metrics.slow_consumers.labels(transport)
         self.pending = 0
+        # Long-poll answers written from a shared prepared response during one fan-out.
+        self.shared = 0
+        # Long-polls in flight: a plain count read at scrape time (no lock per request).
+        self.open = 0
 
     def written(self, count: int, oldest_ms: int) -> None:
         """``count`` deliveries written now, the oldest published at ``oldest_ms``."""
@@ -91,7 +103,16 @@ class GatewayMetrics(CommonMetrics):
             "Topics this gateway currently reads from Valkey",
             registry=self.registry,
         )
+        self.poll_shared_answers = Counter(
+            "relay_gateway_poll_shared_answers",
+            "Long-poll answers written from a response prepared once for every poll at the same "
+            "cursor (waiting ones during the fan-out, and those arriving behind by the same "
+            "messages)",
+            registry=self.registry,
+        )
         self.transports = {name: TransportMetrics(self, name) for name in TRANSPORTS}
+        poll = self.transports["poll"]
+        poll.connections.set_function(lambda: poll.open)
         for name in TRANSPORTS:
             # Export zero-valued series from the start so dashboards see every transport.
             self.transports[name].deliveries.inc(0)
@@ -108,3 +129,6 @@ class GatewayMetrics(CommonMetrics):
             if transport.pending:
                 transport.written(transport.pending, oldest_ms)
                 transport.pending = 0
+            if transport.shared:
+                self.poll_shared_answers.inc(transport.shared)
+                transport.shared = 0

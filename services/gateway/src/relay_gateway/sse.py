@@ -182,7 +182,7 @@ async def sse_endpoint(request: Request) -> Response:
         raise draining()
     if not origin_allowed(state.settings, request.headers.get("origin")):
         raise ApiError(403, "forbidden", "origin not allowed")
-    name = topic_param(request)
+    name = topic_param(request.query_params)
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
         cursor = cursor_param("Last-Event-ID", last_event_id)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
@@ -13,6 +14,9 @@ from relay_gateway.shutdown import Drain
 from relaycore.auth import Authenticator, Principal, bearer_token
 from relaycore.settings import Settings
 from relaycore.valkey import ValkeyClient
+
+if TYPE_CHECKING:
+    from relay_gateway.longpoll import PollQuery
 
 __all__ = ["GatewayState", "authenticate", "credentials", "gateway_state"]
 
@@ -26,6 +30,8 @@ class GatewayState:
     metrics: GatewayMetrics
     auth: Authenticator
     drain: Drain
+    # Validated long-poll query strings (relay_gateway.longpoll.poll_query), bounded there.
+    poll_queries: dict[bytes, PollQuery] = field(default_factory=dict)
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:
