@@ -11,7 +11,6 @@ per-connection zlib buffers cost ~100s of KiB each), inbound frames are capped a
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
@@ -23,29 +22,10 @@ from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
 from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.logging import configure_service_logging, uvicorn_log_config
+from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
 
-__all__ = ["main", "tune_gc"]
-
-# Allocations between young-generation collections (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the hot path.
-
-    A long-poll is a handful of short-lived objects per request (scope, cycle, task, feed,
-    future) and the hot tier keeps every recent message alive, so with CPython's defaults the
-    collector ran young collections every ~700 allocations and a full collection every few
-    seconds over everything the process ever imported: measured 37% of the gateway's CPU under
-    the long-poll benchmark, each full pass a ~60 ms stop of every connection. Objects that
-    exist at start-up (modules, the app) are moved out of the collector's sight for good
-    (``gc.freeze``), and young collections run 14 times less often; reference counting still
-    frees everything acyclic at once, so memory is not held longer.
-    """
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+__all__ = ["main"]
 
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
