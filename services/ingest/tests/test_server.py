@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from relay_ingest.app import create_app
+from relaycore.httpprotocol import CoalescingHttpToolsProtocol
 from relaycore.settings import Settings
 from relaycore.testing import UvicornServer
 
@@ -71,3 +72,26 @@ async def test_chunked_body_over_the_limit_is_413_while_streaming(
         writer.close()
         await writer.wait_closed()
         assert status_line.startswith(b"HTTP/1.1 413")
+
+
+async def test_publish_answer_arrives_as_one_segment(valkey_url: str, topic: str) -> None:
+    app = create_app(Settings(valkey_url=valkey_url))
+    body = b'{"topic": "%s", "payload": 1}' % topic.encode()
+    request = (
+        b"POST /api/v1/messages HTTP/1.1\r\nhost: ingest\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    async with UvicornServer(app, http=CoalescingHttpToolsProtocol).running() as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            for _ in range(3):  # keep-alive: the connection serves request after request
+                writer.write(request)
+                # One read returns the whole answer: status line, headers AND body.
+                first = await asyncio.wait_for(reader.read(65536), timeout=5)
+                head, _, rest = first.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 201")
+                assert rest.startswith(b'{"id":"')
+                assert rest.endswith(b"}")
+        finally:
+            writer.close()
+            await writer.wait_closed()

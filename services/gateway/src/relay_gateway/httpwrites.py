@@ -1,15 +1,8 @@
-"""One socket write per HTTP response: uvicorn's httptools protocol with coalesced writes.
+"""The gateway's uvicorn HTTP protocol: one write per response, and prepared long-poll answers.
 
-uvicorn writes a response's status line and headers when the app sends
-``http.response.start`` and the body on ``http.response.body``: two ``send()`` system calls,
-and on loopback or a busy host two packets, for every long-poll answer. Long-poll is nothing
-but small responses, and those two writes were 40 % of the gateway's CPU under the long-poll
-benchmark. :class:`RelayHttpProtocol` gives each request cycle a transport that holds writes
-back until the response is complete (or, for a streamed response such as SSE, until the end
-of the event-loop iteration) and then writes them as one.
-
-A WebSocket upgrade hands the real transport to the WebSocket protocol: frames are never
-delayed.
+:class:`RelayHttpProtocol` is relaycore's one-write protocol
+(:mod:`relaycore.httpprotocol`: long-poll is nothing but small responses, and uvicorn's two
+writes per response were 40 % of the gateway's CPU under the long-poll benchmark) plus:
 
 **Prepared responses, written many.** Long-polls waiting on the same topic at the same cursor
 get byte-identical answers. The protocol offers each HTTP request the ASGI scope extension
@@ -25,16 +18,13 @@ Under another ASGI server there is no extension and the app answers the ordinary
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
-    HttpToolsProtocol,
-    RequestResponseCycle,
-)
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
+
+from relaycore.httpprotocol import CoalescingHttpToolsProtocol, CoalescingTransport
 
 __all__ = [
     "EXTENSION",
@@ -46,43 +36,6 @@ __all__ = [
 ]
 
 EXTENSION = "relay.response"
-
-
-class CoalescingTransport:
-    """A transport proxy: writes of one loop iteration are joined into one ``write``."""
-
-    __slots__ = ("_loop", "_pending", "transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self.transport = transport
-        self._loop = loop
-        self._pending: list[bytes] | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._pending is None:
-            self._pending = [data]
-            self._loop.call_soon(self.flush)
-        else:
-            self._pending.append(data)
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending and not self.transport.is_closing():
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def write_now(self, data: bytes) -> None:
-        """Write ``data`` at once, after anything still pending."""
-        if self._pending is not None:
-            self.flush()
-        self.transport.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        # is_closing, pause_reading, get_extra_info, ...: the real transport's.
-        return getattr(self.transport, name)
 
 
 class PreparedResponse:
@@ -173,16 +126,11 @@ def response_writer(scope: Any) -> ResponseWriter | None:
     return writer
 
 
-class RelayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing each response with one system call.
+class RelayHttpProtocol(CoalescingHttpToolsProtocol):
+    """The shared one-write protocol plus the prepared-response extension for long-polls.
 
     Pass it as uvicorn's ``http=`` (a protocol class is accepted there).
     """
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
-        super().connection_made(transport)
-        # A proxy with the Transport methods uvicorn calls.
-        self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -192,18 +140,3 @@ class RelayHttpProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.scope is self.scope:
             extensions = self.scope.setdefault("extensions", {})
             extensions[EXTENSION] = ResponseWriter(cycle, self.server_state)  # type: ignore[assignment]  # typed as dict[object, object]
-
-    def on_response_complete(self) -> None:
-        # A complete response goes out now, not at the end of the iteration: when many polls
-        # are answered in one iteration, the first must not wait for the last to be built.
-        transport = self.transport
-        if isinstance(transport, CoalescingTransport):
-            transport.flush()
-        super().on_response_complete()
-
-    def handle_websocket_upgrade(self) -> None:
-        coalescing = self.transport
-        if isinstance(coalescing, CoalescingTransport):
-            coalescing.flush()
-            self.transport = coalescing.transport
-        super().handle_websocket_upgrade()

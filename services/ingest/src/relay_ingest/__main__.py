@@ -77,7 +77,7 @@ def main() -> None:
     settings = load_settings()
     # Imported after the settings check: a bad variable is reported without loading the stack.
     from relay_ingest.app import create_app
-    from relay_ingest.protocol import CoalescingHttpToolsProtocol
+    from relaycore.httpprotocol import CoalescingHttpToolsProtocol
 
     _configure_logging(settings)
     many = settings.workers > 1
