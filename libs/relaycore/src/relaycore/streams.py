@@ -78,6 +78,17 @@ local function last_id(stream)
   return '0-0'
 end
 
+-- Drops entries older than max_age ms (approximately, whole nodes); 0 turns it off.
+local function trim_by_age(stream, max_age)
+  if max_age > 0 then
+    local now = server.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
+    if oldest > 0 then
+      server.call('XTRIM', stream, 'MINID', '~', oldest)
+    end
+  end
+end
+
 local function publish(keys, args)
   local stream = keys[1]
   local idem = keys[2]
@@ -96,14 +107,7 @@ local function publish(keys, args)
     id = server.call('XADD', stream, 'MAXLEN', '~', args[3], '*',
                      'p', args[1], 'h', args[2], 'v', previous)
   end
-  local max_age = tonumber(args[4])
-  if max_age > 0 then
-    local now = server.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
-    if oldest > 0 then
-      server.call('XTRIM', stream, 'MINID', '~', oldest)
-    end
-  end
+  trim_by_age(stream, tonumber(args[4]))
   if idem then
     server.call('SET', idem, id, 'PX', args[5])
   end
@@ -154,13 +158,8 @@ local function publish_many(keys, args)
       out[#out + 1] = 0
     end
   end
-  local max_age = tonumber(args[2])
-  if wrote and max_age > 0 then
-    local now = server.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
-    if oldest > 0 then
-      server.call('XTRIM', stream, 'MINID', '~', oldest)
-    end
+  if wrote then
+    trim_by_age(stream, tonumber(args[2]))
   end
   return out
 end
@@ -180,13 +179,8 @@ local function publish_payloads(keys, args)
                            'p', args[i], 'v', previous)
     out[#out + 1] = previous
   end
-  local max_age = tonumber(args[2])
-  if #out > 0 and max_age > 0 then
-    local now = server.call('TIME')
-    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
-    if oldest > 0 then
-      server.call('XTRIM', stream, 'MINID', '~', oldest)
-    end
+  if #out > 0 then
+    trim_by_age(stream, tonumber(args[2]))
   end
   return out
 end
