@@ -79,9 +79,9 @@ async def _main(args: argparse.Namespace) -> int:
             )
         await pool.start()
         if "publish" in scenarios:
-            report.publish = await run_publish(stacks, cfg)
+            report.publish = await run_publish(stacks, cfg, budget)
         if "batch" in scenarios:
-            report.batch = await run_batch(stacks, cfg)
+            report.batch = await run_batch(stacks, cfg, budget)
         for name in ("fanout", "longpoll"):
             if name in scenarios:
                 report.stepped[name] = await run_stepped(name, stacks, pool, cfg, budget)

@@ -109,6 +109,12 @@ class Report:
         result = self.stepped.get(scenario)
         return result.best(side) if result else None
 
+    def _at(self, scenario: str, side: str, best: Step | None) -> str:
+        if best is None:
+            return ""
+        capped = self.stepped[scenario].capped(side)
+        return f" @ {best.rate}/s" + (" (top step: a lower bound)" if capped else "")
+
     def _half_p99(self, side: str) -> float | None:
         result = self.stepped.get("fanout")
         if result is None:
@@ -185,8 +191,8 @@ class Report:
                 [
                     scenario,
                     f"highest sustained deliveries/s ({clients} {what})",
-                    _fmt(da) + (f" @ {best_r.rate}/s" if best_r else ""),
-                    _fmt(db) + (f" @ {best_n.rate}/s" if best_n else ""),
+                    _fmt(da) + self._at(scenario, "relay", best_r),
+                    _fmt(db) + self._at(scenario, "nchan", best_n),
                     _ratio(r),
                     "≥ 1.0x",
                     _met(r, lambda x: x >= 1.0),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .pool import WorkerPool, split
-from .procstat import MACHINE, CpuMeter, children, rss_kib
+from .procstat import MACHINE, CpuMeter, children, machine_busy_seconds, rss_kib
 from .publisher import publish_at_rate
 from .stacks import HOST, Stack
 from .stats import LatencySummary, make_payload
@@ -102,13 +102,42 @@ class Config:
 
 
 class Budget:
-    """Wall-clock budget for the whole run; stepped scenarios stop early when it runs out."""
+    """Wall-clock budget for the whole run; stepped scenarios stop early when it runs out.
 
-    def __init__(self, seconds: float) -> None:
+    ``quiet_s`` is the part of it that measurements may spend waiting for the machine to
+    calm down (see :func:`settle`).
+    """
+
+    def __init__(self, seconds: float, quiet_s: float = 90.0) -> None:
         self.deadline = time.monotonic() + seconds
+        self.quiet_s = quiet_s
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+
+QUIET_BELOW = 60.0  # % of one core busy with work the bench did not start
+QUIET_WAIT = 8.0  # longest wait before one measurement
+
+
+async def settle(budget: Budget | None) -> float:
+    """Wait (bounded) until other jobs leave the cores mostly idle; returns their last load.
+
+    The bench's own servers and clients are idle between measurements, so machine-wide busy
+    CPU here is other jobs. Two shared cores with a neighbour's test suite at 150 % would
+    measure the neighbour, not the servers. Each wait is capped (``QUIET_WAIT``) and all waits
+    together by ``budget.quiet_s``, so the run's length stays bounded.
+    """
+    waited = 0.0
+    while True:
+        before, started = machine_busy_seconds(), time.monotonic()
+        await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+        load = 100.0 * (machine_busy_seconds() - before) / elapsed
+        if budget is None or load < QUIET_BELOW or waited >= QUIET_WAIT or budget.quiet_s <= 0:
+            return load
+        waited += elapsed
+        budget.quiet_s -= elapsed
 
 
 def _log(text: str) -> None:
@@ -176,8 +205,10 @@ async def _wrk_run(
     per_request: int,
     connections: int,
     seconds: float,
+    budget: Budget | None = None,
 ) -> WrkRun:
     url = f"http://{HOST}:{stack.publish_port}{path}"
+    await settle(budget)
     meter = CpuMeter(stack.server_pids())
     meter.start()
     result, cpu = await asyncio.to_thread(_wrk, url, body, connections, seconds)
@@ -212,7 +243,9 @@ async def _wrk_run(
     return run
 
 
-async def run_publish(stacks: dict[str, Stack], cfg: Config) -> list[WrkRun]:
+async def run_publish(
+    stacks: dict[str, Stack], cfg: Config, budget: Budget | None = None
+) -> list[WrkRun]:
     topic = "bench.publish"
     runs: list[WrkRun] = []
     bodies = {s: st.publish_body(topic, make_payload(0)) for s, st in stacks.items()}
@@ -239,12 +272,15 @@ async def run_publish(stacks: dict[str, Stack], cfg: Config) -> list[WrkRun]:
                     1,
                     cfg.publish_connections,
                     cfg.publish_seconds,
+                    budget,
                 )
             )
     return runs
 
 
-async def run_batch(stacks: dict[str, Stack], cfg: Config) -> list[WrkRun]:
+async def run_batch(
+    stacks: dict[str, Stack], cfg: Config, budget: Budget | None = None
+) -> list[WrkRun]:
     stack = stacks.get("relay")
     if stack is None:
         return []
@@ -271,6 +307,7 @@ async def run_batch(stacks: dict[str, Stack], cfg: Config) -> list[WrkRun]:
             cfg.batch_size,
             cfg.batch_connections,
             cfg.publish_seconds,
+            budget,
         )
         for _ in range(cfg.rounds)
     ]
@@ -318,10 +355,15 @@ class SteppedResult:
     steps: list[Step] = field(default_factory=list)
     half_rate: int = 0
     half_steps: list[Step] = field(default_factory=list)
+    rates: tuple[int, ...] = ()
 
     def best(self, side: str) -> Step | None:
         sustained = [s for s in self.steps if s.side == side and s.sustained]
         return max(sustained, key=lambda s: s.deliveries_per_s, default=None)
+
+    def capped(self, side: str) -> bool:
+        """True when ``side`` never failed: its best is a lower bound, not its ceiling."""
+        return not any(s.side == side and not s.sustained for s in self.steps)
 
     def half(self, side: str) -> list[Step]:
         return [s for s in self.half_steps if s.side == side]
@@ -338,7 +380,9 @@ async def _step(
     cfg: Config,
     *,
     record: bool = True,
+    budget: Budget | None = None,
 ) -> Step:
+    await settle(budget)
     await pool.all({"op": "reset", "group": group})
     meter = CpuMeter(
         {
@@ -404,7 +448,7 @@ async def run_stepped(
     topic = f"bench.{scenario}"
     clients = cfg.fanout_subscribers if scenario == "fanout" else cfg.longpoll_loops
     rates = cfg.fanout_rates if scenario == "fanout" else cfg.longpoll_rates
-    result = SteppedResult(scenario, clients)
+    result = SteppedResult(scenario, clients, rates=rates)
     active: list[str] = []
     for side, stack in stacks.items():
         group = f"{scenario}-{side}"
@@ -477,14 +521,30 @@ async def run_stepped(
             break
         for side in list(active):
             step = await _step(
-                pool, stacks[side], side, f"{scenario}-{side}", topic, rate, clients, cfg
+                pool,
+                stacks[side],
+                side,
+                f"{scenario}-{side}",
+                topic,
+                rate,
+                clients,
+                cfg,
+                budget=budget,
             )
             result.steps.append(step)
             if not step.sustained:
                 # Two cores are shared with whatever else runs: one stall can sink a step.
                 # A rate counts as not sustained only when it fails twice in a row.
                 step = await _step(
-                    pool, stacks[side], side, f"{scenario}-{side}", topic, rate, clients, cfg
+                    pool,
+                    stacks[side],
+                    side,
+                    f"{scenario}-{side}",
+                    topic,
+                    rate,
+                    clients,
+                    cfg,
+                    budget=budget,
                 )
                 step.note = ("retry; " + step.note).strip("; ")
                 result.steps.append(step)
@@ -499,7 +559,15 @@ async def run_stepped(
                 if side not in result.ready_sides:
                     continue
                 step = await _step(
-                    pool, stack, side, f"{scenario}-{side}", topic, result.half_rate, clients, cfg
+                    pool,
+                    stack,
+                    side,
+                    f"{scenario}-{side}",
+                    topic,
+                    result.half_rate,
+                    clients,
+                    cfg,
+                    budget=budget,
                 )
                 result.half_steps.append(step)
 
