@@ -91,6 +91,9 @@ class Config:
         1000,
         1300,
         1600,
+        2000,
+        2500,
+        3000,
     )
     step_seconds: float = 3.0
     drain_seconds: float = 2.0
