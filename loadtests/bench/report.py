@@ -259,7 +259,18 @@ class Report:
     def markdown(self) -> str:
         out: list[str] = [f"# Pulsar Relay vs nchan — `make bench`, {self.started}", ""]
         out += [f"- **{k}**: {v}" for k, v in self.machine.items()]
-        out += [f"- **run time**: {self.elapsed_s:.0f} s", ""]
+        out += [f"- **run time**: {self.elapsed_s:.0f} s"]
+        others = [r.other_cpu for r in self.publish + self.batch] + [
+            s.other_cpu
+            for result in self.stepped.values()
+            for s in result.steps + result.half_steps
+        ]
+        if others:
+            out.append(
+                f"- **other jobs' CPU during measurements**: mean {statistics.mean(others):.0f} %, "
+                f"max {max(others):.0f} % of one core (2 cores = 200 %)"
+            )
+        out.append("")
         out += _table(
             ["scenario", "figure", "relay", "nchan", "relay/nchan", "target", "met"],
             self.summary_rows(),
@@ -268,8 +279,8 @@ class Report:
             "",
             "CPU columns: % of one core over the measured window (2 cores = 200 %). "
             "'other' = busy CPU on the machine the bench did not cause (other jobs).",
-            "Client = the harness's own load generators; near 100 % per process means the "
-            "client, not the server, limited that figure.",
+            "Clients = the harness's own load generators (sum; busiest process in brackets: near "
+            "100 % means the client, not the server, limited that figure).",
             "",
         ]
         if self.publish or self.batch:
@@ -321,7 +332,7 @@ class Report:
                     _fmt(s.latency.p99_ms, 2),
                     _fmt(s.latency.max_ms, 1),
                     _cpu(s.server_cpu),
-                    _fmt(s.client_cpu),
+                    f"{_fmt(s.client_cpu)} (max {_fmt(s.client_cpu_max)})",
                     _fmt(s.other_cpu),
                     _fmt(s.publisher_cpu),
                     ("yes" if s.sustained else "no")
@@ -341,7 +352,7 @@ class Report:
                     "p99 ms",
                     "max ms",
                     "server cpu %",
-                    "clients cpu %",
+                    "clients cpu % (busiest)",
                     "other cpu %",
                     "publisher cpu %",
                     "sustained",

@@ -330,7 +330,8 @@ class Step:
     received: int
     latency: LatencySummary
     server_cpu: dict[str, float]
-    client_cpu: float
+    client_cpu: float  # sum over the client processes
+    client_cpu_max: float  # the busiest client process (100 = it was saturated)
     publisher_cpu: float
     sustained: bool
     other_cpu: float = 0.0  # busy CPU on the machine that the bench did not cause
@@ -428,6 +429,7 @@ async def _step(
         server_cpu={k: v for k, v in cpu.items() if not k.startswith("_")},
         other_cpu=max(0.0, cpu[MACHINE] - sum(v for k, v in cpu.items() if k != MACHINE)),
         client_cpu=sum(v for k, v in cpu.items() if k.startswith("_client")),
+        client_cpu_max=max((v for k, v in cpu.items() if k.startswith("_client")), default=0.0),
         publisher_cpu=cpu["_publisher"],
         sustained=sustained,
         note="; ".join(notes),
@@ -437,7 +439,8 @@ async def _step(
             f"{group:12} {rate:5}/s  delivered {100 * step.delivered:6.2f}%  "
             f"{step.deliveries_per_s:9.0f} deliveries/s  p50 {latency.p50_ms:7.2f} ms  "
             f"p99 {latency.p99_ms:7.2f} ms  server cpu {sum(step.server_cpu.values()):4.0f}%  "
-            f"client cpu {step.client_cpu:4.0f}%  other {step.other_cpu:4.0f}%  "
+            f"client cpu {step.client_cpu:4.0f}% (max {step.client_cpu_max:3.0f}%)  "
+            f"other {step.other_cpu:4.0f}%  "
             f"{'ok' if sustained else 'NOT sustained'}"
             f"  {step.note}"
         )
