@@ -127,61 +127,68 @@ class Report:
     # ---------------------------------------------------------------- tables
     def summary_rows(self) -> list[list[str]]:
         rows: list[list[str]] = []
-        pub_r, pub_n = self._publish("relay", "msgs_per_s"), self._publish("nchan", "msgs_per_s")
-        r = ratio(pub_r, pub_n)
-        rows.append(
-            [
-                "publish",
-                f"msgs/s, {self.cfg.publish_connections} conns (best of {self.cfg.rounds})",
-                _fmt(pub_r),
-                _fmt(pub_n),
-                _ratio(r),
-                "≥ 1.0x",
-                _met(r, lambda x: x >= 1.0),
-            ]
-        )
-        med_r, med_n = self._publish_median("relay"), self._publish_median("nchan")
-        rows.append(
-            [
-                "publish",
-                "msgs/s, median of rounds",
-                _fmt(med_r),
-                _fmt(med_n),
-                _ratio(ratio(med_r, med_n)),
-                "—",
-                "",
-            ]
-        )
-        for label, attr in (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
-            a, b = self._publish("relay", attr), self._publish("nchan", attr)
+        if self.publish:
+            pub_r, pub_n = (
+                self._publish("relay", "msgs_per_s"),
+                self._publish("nchan", "msgs_per_s"),
+            )
+            r = ratio(pub_r, pub_n)
             rows.append(
                 [
                     "publish",
-                    f"latency {label} (best round)",
-                    _fmt(a, 2),
-                    _fmt(b, 2),
-                    _ratio(ratio(a, b)),
+                    f"msgs/s, {self.cfg.publish_connections} conns (best of {self.cfg.rounds})",
+                    _fmt(pub_r),
+                    _fmt(pub_n),
+                    _ratio(r),
+                    "≥ 1.0x",
+                    _met(r, lambda x: x >= 1.0),
+                ]
+            )
+            med_r, med_n = self._publish_median("relay"), self._publish_median("nchan")
+            rows.append(
+                [
+                    "publish",
+                    "msgs/s, median of rounds",
+                    _fmt(med_r),
+                    _fmt(med_n),
+                    _ratio(ratio(med_r, med_n)),
                     "—",
                     "",
                 ]
             )
-        batch, single = self._batch(), self._best_single("nchan")
-        r = ratio(batch, single)
-        rows.append(
-            [
-                "batch",
-                f"msgs/s, {self.cfg.batch_size}/request, best round (nchan: best single)",
-                _fmt(batch),
-                _fmt(single),
-                _ratio(r),
-                "≥ 8x",
-                _met(r, lambda x: x >= 8.0),
-            ]
-        )
+            for label, attr in (("p50 ms", "p50_ms"), ("p99 ms", "p99_ms")):
+                a, b = self._publish("relay", attr), self._publish("nchan", attr)
+                rows.append(
+                    [
+                        "publish",
+                        f"latency {label} (best round)",
+                        _fmt(a, 2),
+                        _fmt(b, 2),
+                        _ratio(ratio(a, b)),
+                        "—",
+                        "",
+                    ]
+                )
+        if self.batch:
+            batch, single = self._batch(), self._best_single("nchan")
+            r = ratio(batch, single)
+            rows.append(
+                [
+                    "batch",
+                    f"msgs/s, {self.cfg.batch_size}/request, best round (nchan: best single)",
+                    _fmt(batch),
+                    _fmt(single),
+                    _ratio(r),
+                    "≥ 8x",
+                    _met(r, lambda x: x >= 8.0),
+                ]
+            )
         for scenario, clients in (
             ("fanout", self.cfg.fanout_subscribers),
             ("longpoll", self.cfg.longpoll_loops),
         ):
+            if scenario not in self.stepped:
+                continue
             best_r, best_n = self._best(scenario, "relay"), self._best(scenario, "nchan")
             da = best_r.deliveries_per_s if best_r else None
             db = best_n.deliveries_per_s if best_n else None
