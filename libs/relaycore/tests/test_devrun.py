@@ -226,3 +226,55 @@ def test_plan_gives_each_service_its_acl_user(tmp_path: Path) -> None:
     assert "RELAY_SHUTDOWN_GRACE" not in plan(chosen, ["gateway"])[0].env
     with pytest.raises(ValueError, match="unknown process"):
         plan(config, ["valkey", "redis"])
+
+
+def _wait_ready(url: str, run: DevRun, timeout: float = 40.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if run.process.poll() is not None:
+            raise AssertionError(f"devrun exited early:\n{run.log.read_text()}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready:\n{run.log.read_text()}")
+
+
+@pytest.mark.slow
+def test_full_stack_publish_deliver_and_ctrl_c(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """What `make run` promises: all three up under their ACL users, a publish reaches a
+    consumer, Ctrl-C leaves nothing running, and the next run still has the message."""
+    import httpx
+
+    ingest = f"http://127.0.0.1:{stack_env['RELAY_INGEST_PORT']}"
+    gateway = f"http://127.0.0.1:{stack_env['RELAY_GATEWAY_PORT']}"
+    run = DevRun(stack_env, tmp_path / "full1.log")
+    try:
+        _wait_ready(ingest, run)
+        _wait_ready(gateway, run)
+        pids = [child.pid for child in run.descendants()]
+        published = httpx.post(
+            f"{ingest}/api/v1/messages", json={"topic": "test", "payload": {"msg": "Hello"}}
+        )
+        assert published.status_code == 201, published.text
+        message_id = published.json()["id"]
+        polled = httpx.get(f"{gateway}/api/v1/poll", params={"topic": "test", "since": "0"})
+        assert polled.status_code == 200, polled.text
+        assert [m["id"] for m in polled.json()["messages"]] == [message_id]
+        assert run.stop(signal.SIGINT) == 0
+    finally:
+        run.kill()
+    assert _wait_gone(pids) == []
+
+    again = DevRun(stack_env, tmp_path / "full2.log")
+    try:
+        _wait_ready(gateway, again)
+        polled = httpx.get(f"{gateway}/api/v1/poll", params={"topic": "test", "since": "0"})
+        assert [m["payload"] for m in polled.json()["messages"]] == [{"msg": "Hello"}]
+        assert again.stop(signal.SIGTERM) == 0
+    finally:
+        again.kill()

@@ -46,6 +46,14 @@ def test_readme_default_is_the_real_default(variable: str) -> None:
     assert spec.metadata["parse"](literal[1]) == spec.default
 
 
+def test_readme_documents_no_setting_that_does_not_exist() -> None:
+    extra = sorted(set(_documented()) - set(FIELDS) - MAKE_RUN_VARIABLES)
+    assert not extra, f"the README documents settings the code does not read: {extra}"
+
+
+MAKE_RUN_VARIABLES = {"RELAY_VALKEY_PORT", "RELAY_DATA_DIR"}
+
+
 def test_make_run_variables_are_documented() -> None:
     documented = _documented()
     for variable in ("RELAY_VALKEY_PORT", "RELAY_DATA_DIR"):

@@ -9,7 +9,9 @@ from relaycore.keys import stream_key
 from relaycore.streams import (
     StreamRetention,
     add_publish,
+    add_publish_many,
     ensure_functions,
+    parse_publish_many,
     read_after,
     stream_info,
 )
@@ -69,3 +71,45 @@ async def test_stream_info(valkey_client: ValkeyClient, topic: str) -> None:
     assert info.length == 2
     assert info.first_id == StreamId.parse(results[0][0])  # type: ignore[arg-type]  # bytes id
     assert info.last_id == info.last_generated_id == StreamId.parse(results[1][0])  # type: ignore[arg-type]  # bytes id
+
+
+async def publish_many(
+    client: ValkeyClient, topic: str, messages: list[tuple[bytes, bytes | None, str | None]]
+) -> list[tuple[bytes, bool]]:
+    batch = Batch(is_atomic=False)
+    add_publish_many(batch, topic, messages, RETAIN)
+    (result,) = await client.exec(batch, raise_on_error=True) or [None]
+    return parse_publish_many(result)  # type: ignore[arg-type]  # the function's flat list
+
+
+async def test_publish_many_keeps_order_and_the_previous_id_chain(
+    valkey_client: ValkeyClient, topic: str
+) -> None:
+    await ensure_functions(valkey_client)
+    singles = await publish(valkey_client, topic, [b"1"])
+    many = await publish_many(
+        valkey_client, topic, [(b"2", None, None), (b"3", b'{"h":"x"}', None), (b"4", None, None)]
+    )
+    after = await publish(valkey_client, topic, [b"5"])
+    ids = [StreamId.parse(singles[0][0])]  # type: ignore[arg-type]  # bytes id
+    ids += [StreamId.parse(message_id) for message_id, duplicate in many if not duplicate]
+    ids.append(StreamId.parse(after[0][0]))  # type: ignore[arg-type]  # bytes id
+    entries = await read_after(valkey_client, topic, StreamId(0, 0), 100)
+    assert [e.id for e in entries] == ids
+    assert [e.payload for e in entries] == [b"1", b"2", b"3", b"4", b"5"]
+    assert [e.previous for e in entries] == [StreamId(0, 0), *ids[:-1]]
+    assert [e.headers for e in entries] == [None, None, b'{"h":"x"}', None, None]
+
+
+async def test_publish_many_idempotency(valkey_client: ValkeyClient, topic: str) -> None:
+    await ensure_functions(valkey_client)
+    (earlier,) = await publish(valkey_client, topic, [b"0"], key="old")
+    results = await publish_many(
+        valkey_client,
+        topic,
+        [(b"1", None, "a"), (b"2", None, "a"), (b"3", None, "old"), (b"4", None, None)],
+    )
+    assert [duplicate for _, duplicate in results] == [False, True, True, False]
+    assert results[1][0] == results[0][0]
+    assert results[2][0] == earlier[0]
+    assert await valkey_client.xlen(stream_key(topic)) == 3

@@ -8,7 +8,9 @@ import time
 
 import httpx
 
+from relay_ingest.app import create_app
 from relaycore.ids import StreamId
+from relaycore.settings import Settings
 from relaycore.streams import read_after
 from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
@@ -109,9 +111,12 @@ async def test_metrics_are_prometheus_text_with_relay_names(
 async def test_raw_paths_do_not_become_metric_labels(ingest: httpx.AsyncClient) -> None:
     await ingest.get("/no/such/path/12345")
     await ingest.get("/api/v1/topics/some-topic-name")
+    await ingest.request("INVENTED", "/health")
     text = (await ingest.get("/metrics")).text
     assert "12345" not in text
     assert "some-topic-name" not in text
+    assert "INVENTED" not in text
+    assert 'method="other"' in text
     assert 'route="/api/v1/topics/{topic}"' in text
     assert 'route="unmatched"' in text
 
@@ -218,3 +223,43 @@ async def test_retention_max_age_trims_old_messages_on_write(
     stored = await read_after(valkey_client, topic, StreamId(0, 0), 1000)
     assert len(stored) <= 100
     assert str(stored[-1].id) == fresh.json()["id"]
+
+
+async def test_the_publish_function_is_loaded_at_start(
+    make_ingest: MakeIngest, valkey_process: ValkeyProcess
+) -> None:
+    client = await create_client(ValkeyDsn.from_dsn(valkey_process.url), name="check")
+    try:
+        assert await client.function_list() == []
+        ingest = await make_ingest(valkey_url=valkey_process.url)
+        deadline = time.monotonic() + 10
+        while not await client.function_list():
+            assert time.monotonic() < deadline, "ingest did not load the function"
+            await asyncio.sleep(0.02)
+        assert (await ingest.get("/ready")).status_code == 200
+    finally:
+        await client.close()
+
+
+async def test_shutdown_drains_queued_publishes_and_refuses_new_ones(
+    valkey_url: str, valkey_client: ValkeyClient, topic: str
+) -> None:
+    app = create_app(Settings(valkey_url=valkey_url))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        async with app.router.lifespan_context(app):
+            requests = [
+                asyncio.create_task(client.post(MESSAGES, json={"topic": topic, "payload": n}))
+                for n in range(50)
+            ]
+            await asyncio.sleep(0)  # let them start; the lifespan now shuts down under them
+        responses = await asyncio.gather(*requests)
+        late = await client.post(MESSAGES, json={"topic": topic, "payload": "late"})
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {201, 503}
+    assert late.status_code == 503
+    # Every 201 is in the stream, nothing else is.
+    stored = await read_after(valkey_client, topic, StreamId(0, 0), 100)
+    assert sorted(str(e.id) for e in stored) == sorted(
+        r.json()["id"] for r in responses if r.status_code == 201
+    )

@@ -91,7 +91,11 @@ def serve_in_thread(app: ASGIApp) -> Iterator[httpx.Client]:
 
 
 def assert_no_server_error(response: Any) -> None:
-    assert response.status_code < 500, (response.status_code, response.text)
+    """No 5xx, except the documented 503 (+ Retry-After) should Valkey stall on a loaded box."""
+    acceptable = response.status_code < 500 or (
+        response.status_code == 503 and "retry-after" in response.headers
+    )
+    assert acceptable, (response.status_code, response.text)
     if response.status_code >= 400:
         body = response.json()
         assert set(body["error"]) == {"code", "message", "details"}
@@ -101,7 +105,10 @@ def assert_no_server_error(response: Any) -> None:
 # compatibility modules (glide.exceptions, ...) and makes them warn.
 @pytest.mark.filterwarnings("ignore:Importing from 'glide:DeprecationWarning")
 def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
-    app = create_app(Settings(valkey_url=valkey_url, rate_limit=RateLimit(1_000_000, 1.0)))
+    # A generous Valkey timeout: a loaded CI box must not turn examples into 503s.
+    app = create_app(
+        Settings(valkey_url=valkey_url, valkey_timeout=10.0, rate_limit=RateLimit(1_000_000, 1.0))
+    )
     with serve_in_thread(app) as client:
 
         @FUZZ
@@ -149,7 +156,8 @@ def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
         def arbitrary_headers(headers: dict[str, str], method: str, path: str) -> None:
             body = json.dumps({"topic": topic, "payload": 1}).encode() if method == "POST" else None
             response = client.request(method, path, headers=headers, content=body)
-            assert response.status_code < 500, (response.status_code, response.text)
+            assert response.status_code != 500, (response.status_code, response.text)
+            assert response.status_code < 500 or "retry-after" in response.headers
 
         @FUZZ
         @given(name=st.text(max_size=40), query=st.text(max_size=40))
@@ -158,11 +166,11 @@ def test_no_input_yields_a_500(valkey_url: str, topic: str) -> None:
             if not name:
                 url = "/api/v1/topics/?" + quote(query, safe="=&")
             response = client.get(url)
-            assert response.status_code < 500, (response.status_code, response.text)
+            assert response.status_code < 500 or "retry-after" in response.headers, response.text
             published = client.post(
                 "/api/v1/messages?" + quote(query, safe="=&"), json={"topic": topic, "payload": 1}
             )
-            assert published.status_code == 201
+            assert published.status_code in (201, 503)  # a query string never breaks it
 
         arbitrary_json()
         message_shapes()
@@ -176,7 +184,9 @@ SECRET = "fuzz-secret-of-at-least-thirty-two-bytes"
 
 @pytest.mark.filterwarnings("ignore:Importing from 'glide:DeprecationWarning")
 def test_no_token_or_claims_yield_a_500(valkey_url: str, topic: str) -> None:
-    app = create_app(Settings(valkey_url=valkey_url, auth="jwt", jwt_secret=SECRET))
+    app = create_app(
+        Settings(valkey_url=valkey_url, valkey_timeout=10.0, auth="jwt", jwt_secret=SECRET)
+    )
     message = {"topic": topic, "payload": 1}
     with serve_in_thread(app) as client:
 

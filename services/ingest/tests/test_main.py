@@ -139,7 +139,7 @@ def test_json_logs_every_stdout_line_is_json(
     assert "4111-1111" not in stdout
 
 
-def test_several_workers(
+def test_several_workers_and_no_access_log(
     valkey_url: str, topic: str, stop_later: list[subprocess.Popen[str]]
 ) -> None:
     port = free_port()
@@ -149,6 +149,7 @@ def test_several_workers(
         INGEST_PORT=str(port),
         WORKERS="2",
         LOG_FORMAT="json",
+        ACCESS_LOG="false",
     )
     stop_later.append(process)
     url = f"http://127.0.0.1:{port}"
@@ -158,5 +159,6 @@ def test_several_workers(
         assert response.status_code == 201
     process.send_signal(signal.SIGTERM)
     stdout, _ = process.communicate(timeout=30)
-    for line in stdout.splitlines():
-        json.loads(line)
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert any(e["event"].startswith("Started server process") for e in events)
+    assert not [e for e in events if e.get("logger") == "uvicorn.access"]  # RELAY_ACCESS_LOG

@@ -14,20 +14,28 @@ from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 RETENTION = StreamRetention(maxlen=1000, max_age_ms=0, idempotency_ttl_ms=60_000)
 
 
-async def test_a_batch_is_one_round_trip(valkey_client: ValkeyClient, topic: str) -> None:
-    pipeline = Pipeline(valkey_client)
+async def test_a_batch_is_one_round_trip_and_one_command_per_topic(
+    valkey_client: ValkeyClient, topic: str
+) -> None:
+    commands: list[int] = []
+    pipeline = Pipeline(valkey_client, observe_batch=commands.append)
     publisher = Publisher(valkey_client, pipeline, RETENTION)
     await publisher.load_functions()
-    messages = [OutgoingMessage(topic, b"%d" % n, None, None) for n in range(500)]
+    topics = [topic, topic + ".b", topic + ".c"]
+    messages = [OutgoingMessage(topics[n % 3], b"%d" % n, None, None) for n in range(500)]
     async with asyncio.TaskGroup() as tasks:
         flusher = tasks.create_task(pipeline.run())
         published = await publisher.publish(messages)
         pipeline.close()
         await flusher
     assert pipeline.batches_sent == 1
-    stored = await read_after(valkey_client, topic, StreamId(0, 0), 1000)
-    assert [str(e.id) for e in stored] == [p.id for p in published]
-    assert [e.payload for e in stored] == [m.payload for m in messages]
+    assert commands == [3]  # one relay_publish_many per topic
+    for name in topics:
+        stored = await read_after(valkey_client, name, StreamId(0, 0), 1000)
+        sent = [
+            (p.id, m.payload) for p, m in zip(published, messages, strict=True) if m.topic == name
+        ]
+        assert [(str(e.id), e.payload) for e in stored] == sent
 
 
 async def test_missing_function_is_loaded_once_and_calls_retried(
@@ -44,8 +52,10 @@ async def test_missing_function_is_loaded_once_and_calls_retried(
                 *(publisher.publish([OutgoingMessage(topic, b"1", None, None)]) for _ in range(10))
             )
             assert len({r[0].id for r in results}) == 10
+            assert publisher.function_loads == 1
             await client.function_delete(LIBRARY_NAME)
             (again,) = await publisher.publish([OutgoingMessage(topic, b"2", None, None)])
+            assert publisher.function_loads == 2
             pipeline.close()
             await flusher
         stored = await read_after(client, topic, StreamId(0, 0), 100)

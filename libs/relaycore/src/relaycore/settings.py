@@ -161,6 +161,8 @@ class Settings:
     log_level: str = _env("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
     log_format: str = _env("LOG_FORMAT", _choice("json", "console"), "console")
     otlp_endpoint: str = _env("OTLP_ENDPOINT", str, "")
+    # One log line per HTTP request (uvicorn's access log); request metrics do not depend on it.
+    access_log: bool = _env("ACCESS_LOG", parse_bool, True)
     # Limits (contract §7)
     max_message_bytes: int = _env("MAX_MESSAGE_BYTES", parse_size, 64 * KiB)
     max_body_bytes: int = _env("MAX_BODY_BYTES", parse_size, 1 * MiB)

@@ -1,8 +1,10 @@
 """Topic streams in Valkey: the publish function and the read side shared by both services.
 
 Publishing goes through one Valkey Function, ``relay_publish``, so the idempotency check, the
-XADD, the retention trims and the idempotency record happen atomically in one round trip. The
-function also stores in field ``v`` the id of the entry written before the new one: a reader that
+XADD, the retention trims and the idempotency record happen atomically in one round trip.
+``relay_publish_many`` does the same for several messages of one topic in one call (a batch
+request's messages per topic), looking the previous id up once. Both store in field ``v`` the id
+of the entry written before the new one: a reader that
 resumes after cursor ``c`` and finds the first retained entry's ``v`` ≤ ``c`` knows nothing in
 between was trimmed. XINFO's ``max-deleted-entry-id`` cannot say that (MAXLEN trimming leaves it
 at ``0-0``), and a false "messages were lost" is as wrong as a silent gap.
@@ -31,13 +33,16 @@ __all__ = [
     "FUNCTION_LIBRARY",
     "LIBRARY_NAME",
     "PUBLISH_FUNCTION",
+    "PUBLISH_MANY_FUNCTION",
     "StreamEntry",
     "StreamInfo",
     "StreamRetention",
     "add_publish",
+    "add_publish_many",
     "ensure_functions",
     "is_missing_function",
     "parse_entries",
+    "parse_publish_many",
     "publish_args",
     "read_after",
     "stream_info",
@@ -46,6 +51,7 @@ __all__ = [
 LIBRARY_NAME = "relay"
 LIBRARY_VERSION = "1"
 PUBLISH_FUNCTION = "relay_publish_v" + LIBRARY_VERSION
+PUBLISH_MANY_FUNCTION = "relay_publish_many_v" + LIBRARY_VERSION
 
 # KEYS[1] stream, KEYS[2] idempotency key (optional).
 # ARGV: payload, headers JSON ('' when none), maxlen, max age ms (0 = off), idempotency TTL ms.
@@ -102,6 +108,61 @@ local function publish(keys, args)
 end
 
 server.register_function('{PUBLISH_FUNCTION}', publish)
+
+-- Several messages of ONE topic in one call, in order (a batch request's messages per topic).
+-- KEYS[1] stream, KEYS[2..] the idempotency keys the messages use.
+-- ARGV: maxlen, max age ms (0 = off), idempotency TTL ms, then per message three values:
+-- payload, headers JSON ('' when none), index of its key in KEYS ('0' when it has none).
+-- Returns {{id1, duplicate1, id2, duplicate2, ...}}.
+local function publish_many(keys, args)
+  local stream = keys[1]
+  local previous = nil
+  local wrote = false
+  local out = {{}}
+  for i = 4, #args, 3 do
+    local key_index = tonumber(args[i + 2])
+    local idem = nil
+    local first = false
+    if key_index > 0 then
+      idem = keys[key_index]
+      first = server.call('GET', idem)
+    end
+    if first then
+      out[#out + 1] = first
+      out[#out + 1] = 1
+    else
+      if previous == nil then
+        previous = last_id(stream)
+      end
+      local id
+      if args[i + 1] == '' then
+        id = server.call('XADD', stream, 'MAXLEN', '~', args[1], '*',
+                         'p', args[i], 'v', previous)
+      else
+        id = server.call('XADD', stream, 'MAXLEN', '~', args[1], '*',
+                         'p', args[i], 'h', args[i + 1], 'v', previous)
+      end
+      if idem then
+        server.call('SET', idem, id, 'PX', args[3])
+      end
+      previous = id
+      wrote = true
+      out[#out + 1] = id
+      out[#out + 1] = 0
+    end
+  end
+  local max_age = tonumber(args[2])
+  if wrote and max_age > 0 then
+    local now = server.call('TIME')
+    local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
+    if oldest > 0 then
+      server.call('XTRIM', stream, 'MINID', '~', oldest)
+    end
+  end
+  return out
+end
+
+server.register_function('{PUBLISH_MANY_FUNCTION}', publish_many)
 """
 
 
@@ -156,6 +217,41 @@ def add_publish(
     """Queue one publish on a (non-atomic) batch; its result is ``[id, duplicate]``."""
     keys, args = publish_args(topic, payload, headers, key, retention)
     batch.fcall(PUBLISH_FUNCTION, keys=keys, arguments=args)
+
+
+def add_publish_many(
+    batch: Batch | ClusterBatch,
+    topic: str,
+    messages: Sequence[tuple[bytes, bytes | None, str | None]],
+    retention: StreamRetention,
+) -> None:
+    """Queue ONE call that publishes ``messages`` (payload, headers, key) to ``topic`` in order.
+
+    Same effect per message as :func:`add_publish` (idempotency, ``v`` chain, trims), but one
+    command: the server looks up the previous id once and trims by age once. Its result is the
+    flat list ``[id1, duplicate1, id2, duplicate2, ...]`` (see :func:`parse_publish_many`).
+    """
+    keys = [stream_key(topic)]
+    key_slots: dict[str, int] = {}
+    args: list[bytes | str] = [
+        str(retention.maxlen),
+        str(retention.max_age_ms),
+        str(retention.idempotency_ttl_ms),
+    ]
+    for payload, headers, key in messages:
+        slot = 0
+        if key is not None:
+            slot = key_slots.get(key, 0)
+            if not slot:
+                keys.append(idempotency_key(topic, key))
+                slot = key_slots[key] = len(keys)
+        args += [payload, headers or b"", str(slot)]
+    batch.fcall(PUBLISH_MANY_FUNCTION, keys=keys, arguments=args)
+
+
+def parse_publish_many(result: Sequence[Any]) -> list[tuple[bytes, bool]]:
+    """``[id1, duplicate1, ...]`` from ``relay_publish_many`` → ``[(id, duplicate), ...]``."""
+    return [(_as_bytes(result[i]), result[i + 1] == 1) for i in range(0, len(result), 2)]
 
 
 def is_missing_function(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ line on stderr naming the variable.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -55,13 +56,18 @@ def load_settings() -> Settings:
     return settings
 
 
-def _quiet_glide(log_format: str) -> None:
-    # GLIDE's core logs straight to stdout in its own format; with JSON logs every stdout line
-    # must be JSON, and connection trouble is already logged (and counted) by the service.
-    if log_format == "json":
+def _configure_logging(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.log_format == "json":
+        # GLIDE's core logs straight to stdout in its own format; with JSON logs every stdout
+        # line must be JSON, and connection trouble is already logged (and counted) by ingest.
         from glide import Logger, LogLevel
 
         Logger.set_logger_config(LogLevel.OFF)
+    if not settings.access_log:
+        # uvicorn's access_log=False does this too, but a worker process configures logging
+        # after uvicorn has, so it is repeated here.
+        logging.getLogger("uvicorn.access").propagate = False
 
 
 def app_from_environment() -> Starlette:
@@ -69,8 +75,7 @@ def app_from_environment() -> Starlette:
     from relay_ingest.app import create_app
 
     settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    _quiet_glide(settings.log_format)
+    _configure_logging(settings)
     return create_app(settings)
 
 
@@ -79,8 +84,7 @@ def main() -> None:
     # Imported after the settings check: a bad variable is reported without loading the stack.
     from relay_ingest.app import create_app
 
-    configure_logging(settings.log_level, settings.log_format)
-    _quiet_glide(settings.log_format)
+    _configure_logging(settings)
     many = settings.workers > 1
     uvicorn.run(
         # Several workers need an import string: each process builds its own app.
@@ -95,6 +99,7 @@ def main() -> None:
         lifespan="on",
         log_config=uvicorn_log_config(),
         log_level=settings.log_level,
+        access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
     )

@@ -64,21 +64,24 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = valkey or await create_client(
-            ValkeyDsn.from_dsn(settings.valkey_url),
-            cluster=settings.valkey_cluster,
-            name="relay-ingest",
-            request_timeout=settings.valkey_timeout,
-            connection_timeout=settings.valkey_timeout,
-            lazy=True,
+        client = (
+            valkey
+            if valkey is not None
+            else await create_client(
+                ValkeyDsn.from_dsn(settings.valkey_url),
+                cluster=settings.valkey_cluster,
+                name="relay-ingest",
+                request_timeout=settings.valkey_timeout,
+                connection_timeout=settings.valkey_timeout,
+                lazy=True,
+            )
         )
         tracing = Tracing("relay-ingest", settings.otlp_endpoint)
-        publisher: Publisher | None = None
 
         async def reload_functions() -> None:
-            # After an outage the server may have come back without data (and functions).
-            if publisher is not None:
-                await publisher.load_functions()
+            # At start, and after an outage: the server may be back without its data (and
+            # so without the function). Runs only once the flusher does, after `publisher` exists.
+            await publisher.load_functions()
 
         pipeline = Pipeline(
             client,

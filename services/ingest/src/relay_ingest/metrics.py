@@ -22,6 +22,8 @@ from relaycore.metrics import CommonMetrics
 __all__ = ["IngestMetrics", "RequestMetricsMiddleware"]
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# The method is a label too; anything else a client invents is counted as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class IngestMetrics(CommonMetrics):
@@ -78,6 +80,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = self.templates.get(scope.get("endpoint"), "unmatched")
+            method = scope["method"] if scope["method"] in _METHODS else "other"
             self.metrics.request_duration.labels(
-                self.metrics.service, route, scope["method"], str(status)
+                self.metrics.service, route, method, str(status)
             ).observe(time.perf_counter() - started)

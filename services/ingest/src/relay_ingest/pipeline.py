@@ -15,6 +15,7 @@ When the connection fails or times out the pipeline marks Valkey *unavailable*: 
 operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instead of each waiting
 out the request timeout, and the flusher probes with PING until Valkey answers again, then runs
 ``on_recover`` (e.g. reloading the publish function after a restart without data) and resumes.
+``on_recover`` also runs once when the flusher starts.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class Pipeline:
     async def run(self) -> None:
         """The flusher: one batch in flight at a time, until closed and drained."""
         try:
+            await self._warm_up()
             while True:
                 if not self._available:
                     # Probe even with nothing queued: new operations are refused meanwhile,
@@ -212,6 +214,19 @@ class Pipeline:
     def _count_error(self) -> None:
         if self._metrics is not None:
             self._metrics.valkey_errors.labels(self._metrics.service, "pipeline").inc()
+
+    async def _warm_up(self) -> None:
+        """Run ``on_recover`` once at start (load the function before the first publish).
+
+        Failure is not fatal: Valkey may be down (the first round trip then starts the outage
+        handling) or the function already loaded by an operator.
+        """
+        if self._on_recover is None:
+            return
+        try:
+            await self._on_recover()
+        except Exception as error:
+            log.warning("valkey_warm_up_failed", error=str(error) or type(error).__name__)
 
     async def _probe(self) -> None:
         """PING until Valkey answers (then ``on_recover``), or until closed."""

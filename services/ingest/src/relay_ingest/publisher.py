@@ -1,10 +1,11 @@
 """The write path: messages → ``relay_publish_v1`` FCALLs on the shared pipeline.
 
-Each message is one call of the relay Valkey Function (``relaycore.streams``): idempotency check,
-XADD with ``MAXLEN ~``, max-age trim and the idempotency record, atomically, in one command. A
-single publish is one command in the next shared batch; a batch request queues all its messages
-as ONE operation, so they travel in one round trip, contiguous and in request order (per-topic
-order in the stream = order in the request).
+A single publish is one call of the relay Valkey Function ``relay_publish``
+(``relaycore.streams``): idempotency check, XADD with ``MAXLEN ~``, max-age trim and the
+idempotency record, atomically, in one command, queued on the next shared batch. A batch request
+is ONE pipeline operation holding one ``relay_publish_many`` call per topic, which does the same
+for that topic's messages in request order (per-topic order in the stream = order in the
+request): one round trip, and a command per topic rather than per message.
 
 After a Valkey restart without data the function is gone: calls fail with "function not found".
 The publisher then loads the library (once, however many requests noticed) and retries those
@@ -26,7 +27,14 @@ from glide import GlideError
 from relay_ingest.pipeline import AnyBatch, Pipeline, Unavailable
 from relaycore.logging import get_logger
 from relaycore.metrics import CommonMetrics
-from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
+from relaycore.streams import (
+    StreamRetention,
+    add_publish,
+    add_publish_many,
+    ensure_functions,
+    is_missing_function,
+    parse_publish_many,
+)
 from relaycore.valkey import ValkeyClient
 
 __all__ = ["OutgoingMessage", "Published", "Publisher"]
@@ -53,11 +61,29 @@ class Published:
     duplicate: bool
 
 
-def _add_messages(
-    messages: Sequence[OutgoingMessage], retention: StreamRetention, batch: AnyBatch
+def _by_topic(messages: Sequence[OutgoingMessage]) -> list[list[int]]:
+    """Indexes of the messages grouped by topic, each group in request order."""
+    groups: dict[str, list[int]] = {}
+    for index, message in enumerate(messages):
+        groups.setdefault(message.topic, []).append(index)
+    return list(groups.values())
+
+
+def _add_calls(
+    messages: Sequence[OutgoingMessage],
+    calls: Sequence[Sequence[int]],
+    retention: StreamRetention,
+    batch: AnyBatch,
 ) -> None:
-    for message in messages:
-        add_publish(batch, message.topic, message.payload, message.headers, message.key, retention)
+    for call in calls:
+        if len(messages) == 1:
+            message = messages[call[0]]
+            add_publish(
+                batch, message.topic, message.payload, message.headers, message.key, retention
+            )
+        else:
+            group = [(messages[i].payload, messages[i].headers, messages[i].key) for i in call]
+            add_publish_many(batch, messages[call[0]].topic, group, retention)
 
 
 class Publisher:
@@ -77,22 +103,41 @@ class Publisher:
         self._load_lock = asyncio.Lock()
         self._loads = 0
 
+    @property
+    def function_loads(self) -> int:
+        """How many times this publisher has loaded the function library."""
+        return self._loads
+
     async def publish(self, messages: Sequence[OutgoingMessage]) -> list[Published]:
-        """Write ``messages`` in order in one round trip; raise :class:`Unavailable` on failure."""
+        """Write ``messages`` in order in one round trip; raise :class:`Unavailable` on failure.
+
+        One message is one ``relay_publish`` call; several (a batch request) are one
+        ``relay_publish_many`` call per topic, each topic's messages in request order.
+        """
+        calls = _by_topic(messages) if len(messages) > 1 else [[0]]
         loads_seen = self._loads
         results = await self._pipeline.execute(
-            partial(_add_messages, messages, self._retention), len(messages)
+            partial(_add_calls, messages, calls, self._retention), len(calls)
         )
         missing = [i for i, result in enumerate(results) if _is_missing(result)]
         if missing:
             await self.load_functions(loads_seen)
             retried = await self._pipeline.execute(
-                partial(_add_messages, [messages[i] for i in missing], self._retention),
+                partial(_add_calls, messages, [calls[i] for i in missing], self._retention),
                 len(missing),
             )
             for index, result in zip(missing, retried, strict=True):
                 results[index] = result
-        return [self._published(result) for result in results]
+        published: list[Published] = [_NOT_YET] * len(messages)
+        for call, result in zip(calls, results, strict=True):
+            if isinstance(result, BaseException):
+                self._count_error("publish")
+                log.error("valkey_publish_failed", error=str(result))
+                raise Unavailable("storage refused the write") from result
+            replies = parse_publish_many(result) if len(messages) > 1 else [result]
+            for index, (raw_id, duplicate) in zip(call, replies, strict=True):
+                published[index] = _published(raw_id, duplicate)
+        return published
 
     async def load_functions(self, loads_seen: int | None = None) -> None:
         """Load the function library; concurrent callers that saw the same failure load once."""
@@ -108,18 +153,17 @@ class Publisher:
             self._loads += 1
             log.info("valkey_functions_loaded")
 
-    def _published(self, result: Any) -> Published:
-        if isinstance(result, BaseException):
-            self._count_error("publish")
-            log.error("valkey_publish_failed", error=str(result))
-            raise Unavailable("storage refused the write") from result
-        raw_id, duplicate = result
-        message_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-        return Published(message_id, int(message_id.partition("-")[0]), duplicate == 1)
-
     def _count_error(self, operation: str) -> None:
         if self._metrics is not None:
             self._metrics.valkey_errors.labels(self._metrics.service, operation).inc()
+
+
+_NOT_YET = Published("", 0, False)
+
+
+def _published(raw_id: Any, duplicate: Any) -> Published:
+    message_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+    return Published(message_id, int(message_id.partition("-")[0]), duplicate in (1, True))
 
 
 def _is_missing(result: Any) -> bool:

