@@ -561,6 +561,9 @@ async def run_stepped(
     if scenario == "fanout" and reference is not None:
         result.half_rate = max(1, reference.rate // 2)
         for _ in range(cfg.half_rounds):
+            if budget.left() < 2 * (cfg.step_seconds + cfg.drain_seconds + 2):
+                _log(f"{scenario}: time budget reached, fewer half-rate rounds")
+                break
             for side, stack in stacks.items():
                 if side not in result.ready_sides:
                     continue
