@@ -16,9 +16,16 @@ from relaycore.testing import UvicornServer
 def gateway(
     valkey_url: str,
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
-    """``async with gateway(**settings_overrides) as server`` → a running gateway."""
+    """``async with gateway(**settings_overrides) as server`` → a running gateway.
 
-    def start(**overrides: Any) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
-        return run_gateway(gateway_settings(valkey_url, **overrides))
+    ``relay_protocols=False`` serves it with uvicorn's own protocols (plain ASGI sends only).
+    """
+
+    def start(
+        *, relay_protocols: bool = True, **overrides: Any
+    ) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
+        return run_gateway(
+            gateway_settings(valkey_url, **overrides), relay_protocols=relay_protocols
+        )
 
     return start

@@ -19,7 +19,8 @@ def test_envelope_splices_payload_and_headers_verbatim() -> None:
     built = Message.from_entry(topic_json("t"), entry)
     fields = '"topic":"t","id":"7-1","ts":7,"payload":{"a": [1, 2.50]},"headers":{"k":"v"}}'
     assert built.envelope == ("{" + fields).encode()
-    assert built.ws_text == '{"op":"message",' + fields
+    assert built.ws_bytes == ('{"op":"message",' + fields).encode()
+    assert built.ws_frame == bytes((0x81, len(built.ws_bytes))) + built.ws_bytes
     assert built.sse_bytes.startswith(b"id: 7-1\nevent: message\ndata: {")
 
 

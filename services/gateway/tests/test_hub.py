@@ -6,7 +6,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from relay_gateway.hot import Message
+from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Hub, Topic
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.readers import ReaderPool
@@ -21,9 +21,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
+        self.batches: list[list[str]] = []
 
     def deliver(self, message: Message) -> None:
         self.events.append(("message", str(message.id)))
+
+    def deliver_batch(self, batch: Batch) -> None:
+        self.batches.append([str(message.id) for message in batch.messages])
+        for message in batch.messages:
+            self.deliver(message)
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         self.events.append((reason, str(first.id)))
@@ -65,6 +71,42 @@ async def test_live_chain_reports_trimmed_and_reset(valkey_client: ValkeyClient)
         ("reset", "9-0"),
         ("message", "9-0"),
     ]
+
+
+async def test_a_live_batch_is_one_sink_call_unless_its_chain_breaks(
+    valkey_client: ValkeyClient,
+) -> None:
+    hub = make_hub(valkey_client)
+    topic = live_topic(hub)
+    sink = Recorder()
+    hub.attach(topic, sink).go_live()
+    hub.dispatch(topic, [entry(1, 0), entry(2, 1), entry(3, 2)])
+    hub.dispatch(topic, [entry(6, 4), entry(7, 6)])  # 4 and 5 trimmed: checked one by one
+    hub.dispatch(topic, [entry(8, 7), entry(10, 9)])  # a break inside the batch
+    assert sink.batches == [["1-0", "2-0", "3-0"]]
+    assert sink.events == [
+        ("message", "1-0"),
+        ("message", "2-0"),
+        ("message", "3-0"),
+        ("trimmed", "6-0"),
+        ("message", "6-0"),
+        ("message", "7-0"),
+        ("message", "8-0"),
+        ("trimmed", "10-0"),
+        ("message", "10-0"),
+    ]
+
+
+def test_batch_packs_its_events_into_one_shared_frame() -> None:
+    messages = [Message.from_entry(b'"t"', entry(n, n - 1)) for n in (1, 2)]
+    batch = Batch(messages)
+    assert batch.contiguous
+    assert batch.ws_bytes == messages[0].ws_bytes + b"\n" + messages[1].ws_bytes
+    size = len(batch.ws_bytes)
+    assert 125 < size < 65536  # the 16-bit length form
+    assert batch.ws_frame == bytes((0x81, 126)) + size.to_bytes(2, "big") + batch.ws_bytes
+    assert batch.ws_frame is batch.ws_frame  # built once, shared by every subscriber
+    assert not Batch([messages[0], Message.from_entry(b'"t"', entry(5, 4))]).contiguous
 
 
 async def test_seam_drops_what_history_delivered(valkey_client: ValkeyClient) -> None:

@@ -36,11 +36,14 @@ async def slow_consumer_count(server: UvicornServer) -> float:
     raise AssertionError("metric missing")
 
 
+@pytest.mark.parametrize("relay_protocols", [True, False], ids=["relay-protocols", "uvicorn"])
 async def test_slow_consumer_is_cut_and_others_keep_up(
-    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str, relay_protocols: bool
 ) -> None:
     async with (
-        gateway(max_queue_bytes=256 * 1024, ws_ping_interval=10.0) as server,
+        gateway(
+            max_queue_bytes=256 * 1024, ws_ping_interval=10.0, relay_protocols=relay_protocols
+        ) as server,
         ws_client(server) as fast,
         # max_queue=1: the client library stops reading the socket once one frame is buffered.
         ws_client(server, max_queue=1, max_size=None) as slow,

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "uvicorn_log_config"]
+__all__ = ["configure_logging", "configure_service_logging", "get_logger", "uvicorn_log_config"]
 
 _json = msgspec.json.Encoder()
 
@@ -61,6 +61,21 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+
+
+def configure_service_logging(level: str, fmt: str, *, access_log: bool) -> None:
+    """What each service's process (and each uvicorn worker) does at start, after settings."""
+    configure_logging(level, fmt)
+    if fmt == "json":
+        # GLIDE's core logs straight to stdout in its own format; with JSON logs every stdout
+        # line must be JSON, and connection trouble is already logged (and counted) by the apps.
+        from glide import Logger, LogLevel
+
+        Logger.set_logger_config(LogLevel.OFF)
+    if not access_log:
+        # uvicorn's access_log=False does this too, but a worker process configures logging
+        # after uvicorn has, so it is repeated here.
+        logging.getLogger("uvicorn.access").propagate = False
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -18,8 +18,10 @@ import uvicorn
 
 from relay_gateway import redact
 from relay_gateway.app import create_app
+from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
-from relaycore.logging import configure_logging, uvicorn_log_config
+from relay_gateway.wsframes import RelayWebSocketProtocol
+from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.settings import ConfigError, Settings
 
 __all__ = ["main"]
@@ -30,14 +32,19 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "host": settings.gateway_host,
         "port": settings.gateway_port,
         "loop": "uvloop",
-        "http": "httptools",
-        "ws": "websockets-sansio",
+        # httptools, one write per response (relay_gateway.httpwrites).
+        "http": RelayHttpProtocol,
+        # uvicorn's sans-I/O implementation plus the raw frame path (relay_gateway.wsframes).
+        "ws": RelayWebSocketProtocol,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_interval,
         "log_config": uvicorn_log_config(),
         "log_level": settings.log_level,
+        # Access lines are logged at INFO: above that uvicorn would still format each one's
+        # client address and path per request only to drop it.
+        "access_log": settings.access_log and settings.log_level in ("debug", "info"),
         "lifespan": "on",
         "proxy_headers": True,
     }
@@ -46,7 +53,9 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
 def app_from_env() -> object:
     """Factory for uvicorn's multi-worker mode (``RELAY_WORKERS`` > 1)."""
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_service_logging(
+        settings.log_level, settings.log_format, access_log=settings.access_log
+    )
     redact.install()
     return create_app(settings)
 
@@ -57,7 +66,9 @@ def main() -> None:
     except ConfigError as error:
         print(f"relay-gateway: {error}", file=sys.stderr)
         sys.exit(1)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_service_logging(
+        settings.log_level, settings.log_format, access_log=settings.access_log
+    )
     redact.install()
     options = uvicorn_options(settings)
     if settings.workers > 1:

@@ -20,10 +20,11 @@ from collections import OrderedDict
 
 import msgspec
 
+from relay_gateway.wsframes import text_frame
 from relaycore.ids import ZERO, StreamId
 from relaycore.streams import StreamEntry
 
-__all__ = ["HotTier", "HotWindow", "Message"]
+__all__ = ["Batch", "HotTier", "HotWindow", "Message"]
 
 _json = msgspec.json.Encoder()
 # Fixed per-message overhead of the Python objects, for the byte cap's estimate.
@@ -33,13 +34,14 @@ _OVERHEAD = 240
 class Message:
     """One delivered message: id, previous id (for gap detection) and its encodings."""
 
-    __slots__ = ("_sse", "_ws", "envelope", "id", "previous")
+    __slots__ = ("_frame", "_sse", "_ws", "envelope", "id", "previous")
 
     def __init__(self, id: StreamId, previous: StreamId, envelope: bytes) -> None:
         self.id = id
         self.previous = previous
         self.envelope = envelope
-        self._ws: str | None = None
+        self._ws: bytes | None = None
+        self._frame: bytes | None = None
         self._sse: bytes | None = None
 
     @classmethod
@@ -70,11 +72,18 @@ class Message:
         return self.id.ms
 
     @property
-    def ws_text(self) -> str:
-        """The WebSocket event ``{"op":"message",<envelope fields>}``, encoded once."""
+    def ws_bytes(self) -> bytes:
+        """The WebSocket event ``{"op":"message",<envelope fields>}`` (UTF-8), encoded once."""
         if self._ws is None:
-            self._ws = '{"op":"message",' + self.envelope[1:].decode()
+            self._ws = b'{"op":"message",' + self.envelope[1:]
         return self._ws
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The complete WebSocket text frame of :attr:`ws_bytes`, the same for every subscriber."""
+        if self._frame is None:
+            self._frame = text_frame(self.ws_bytes)
+        return self._frame
 
     @property
     def sse_bytes(self) -> bytes:
@@ -88,8 +97,54 @@ class Message:
 
     @property
     def size(self) -> int:
-        # Envelope plus, once made, the two transport encodings; a stable estimate.
-        return 3 * len(self.envelope) + _OVERHEAD
+        # Envelope plus, once made, the three transport encodings; a stable estimate.
+        return 4 * len(self.envelope) + _OVERHEAD
+
+
+class Batch:
+    """Consecutive messages of one topic fanned out together, with shared packed encodings.
+
+    A subscriber that is exactly at the batch's start (the common live case) gets the whole
+    batch as one write: one ``\n``-packed WebSocket frame built once for all subscribers.
+    """
+
+    __slots__ = ("_frame", "_text", "contiguous", "count", "first", "last", "messages", "oldest_ms")
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+        self.count = len(messages)
+        self.first = messages[0]
+        self.last = messages[-1]
+        self.oldest_ms = messages[0].id.ms
+        # Whether each message's previous id is the one before it: only then may a subscriber
+        # that passed the first message's chain check take the rest without checking each.
+        self.contiguous = all(
+            messages[index].previous == messages[index - 1].id for index in range(1, len(messages))
+        )
+        self._text: bytes | None = None
+        self._frame: bytes | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def ws_bytes(self) -> bytes:
+        """Every message's WebSocket event, separated by ``\n``."""
+        if self._text is None:
+            if len(self.messages) == 1:
+                self._text = self.first.ws_bytes
+            else:
+                self._text = b"\n".join([message.ws_bytes for message in self.messages])
+        return self._text
+
+    @property
+    def ws_frame(self) -> bytes:
+        if self._frame is None:
+            if len(self.messages) == 1:
+                self._frame = self.first.ws_frame
+            else:
+                self._frame = text_frame(self.ws_bytes)
+        return self._frame
 
 
 def topic_json(topic: str) -> bytes:

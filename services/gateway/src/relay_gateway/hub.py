@@ -24,7 +24,7 @@ import structlog
 from glide import GlideError
 from opentelemetry.trace import SpanKind, Tracer
 
-from relay_gateway.hot import HotTier, HotWindow, Message, topic_json
+from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
 from relay_gateway.metrics import GatewayMetrics
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
@@ -53,6 +53,10 @@ class Sink(Protocol):
     """Where a feed's messages go: a WebSocket connection, an SSE stream, a long-poll."""
 
     def deliver(self, message: Message) -> None: ...
+
+    def deliver_batch(self, batch: Batch) -> None:
+        """Every message of ``batch``, in order; each already passed the feed's chain check."""
+        ...
 
     def gap(self, topic: str, reason: str, first: Message) -> None: ...
 
@@ -154,6 +158,20 @@ class Feed:
             return
         self.deliver(message)
 
+    def offer_batch(self, batch: Batch) -> None:
+        """Live messages from the reader, consecutive: one sink call when the chain holds."""
+        if (
+            self.catching_up
+            or self.mode != _STRICT
+            or not batch.contiguous
+            or batch.first.previous != self.delivered
+        ):
+            for message in batch.messages:
+                self.offer(message)
+            return
+        self.delivered = batch.last.id
+        self.sink.deliver_batch(batch)
+
     def deliver(self, message: Message) -> None:
         if message.id <= self.delivered:
             return  # already delivered: the history/live overlap at the seam
@@ -211,6 +229,8 @@ class Hub:
         if topic is not None:
             topic.users += 1
             topic.idle_since = None
+            if topic.ready.done() and topic.ready.exception() is None:
+                return topic  # the common case: no shield, no suspension
             try:
                 await asyncio.shield(topic.ready)
             except BaseException:
@@ -262,19 +282,29 @@ class Hub:
         self.release(feed.topic)
 
     def dispatch(self, topic: Topic, entries: Sequence[StreamEntry]) -> None:
-        """Entries read after ``topic.position``, in id order: cache once, offer to every feed."""
+        """Entries read after ``topic.position``, in id order: cache once, offer to every feed.
+
+        Without tracing the new messages go out as one :class:`~relay_gateway.hot.Batch`, so a
+        subscriber that keeps up gets them in one write whose bytes are shared by all.
+        """
+        hot = self.hot
+        fresh: list[Message] = []
         for entry in entries:
             if entry.id <= topic.position:
                 continue
             message = Message.from_entry(topic.json, entry)
             topic.position = entry.id
-            self.hot.add(topic.name, topic.hot, message)
+            hot.add(topic.name, topic.hot, message)
             if self.tracer is not None and entry.headers and b"traceparent" in entry.headers:
                 self._traced_fan_out(topic, message, entry.headers)
                 continue
+            fresh.append(message)
+        if fresh:
+            batch = Batch(fresh)
             for feed in topic.feeds:
-                feed.offer(message)
-        self.metrics.hot_bytes.set(self.hot.bytes)
+                feed.offer_batch(batch)
+            self.metrics.flush_writes(batch.oldest_ms)
+        self.metrics.hot_bytes.set(hot.bytes)
 
     def _traced_fan_out(self, topic: Topic, message: Message, headers: bytes) -> None:
         assert self.tracer is not None

@@ -13,12 +13,11 @@ the seam between "nothing yet" and "a message arrived" cannot lose one.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay_gateway.hot import Message
+from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Topic, Unavailable
 from relay_gateway.params import (
     check_access,
@@ -31,7 +30,6 @@ from relay_gateway.params import (
 )
 from relay_gateway.recovery import decide, stream_end
 from relay_gateway.state import GatewayState, gateway_state
-from relaycore.http import JSONBytesResponse
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_TIMEOUT", "MAX_LIMIT", "MAX_TIMEOUT", "poll_endpoint"]
 
@@ -42,19 +40,37 @@ MAX_LIMIT = 1000
 
 
 class PollCollector:
-    """The sink of a waiting long-poll: collects up to ``limit`` messages, then wakes it."""
+    """The sink of a waiting long-poll: collects up to ``limit`` messages, then wakes it.
+
+    The hub hands it the messages as they are fanned out; the waiting request is woken by
+    resolving one future (no Event, no timeout context: a poll is one short-lived object).
+    """
+
+    __slots__ = ("full", "gapped", "limit", "messages", "wake")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.messages: list[Message] = []
         self.gapped = False
         self.full = False
-        self.wake = asyncio.Event()
+        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _wake(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
 
     def deliver(self, message: Message) -> None:
         if not self.full and len(self.messages) < self.limit:
             self.messages.append(message)
-            self.wake.set()
+            self._wake()
+
+    def deliver_batch(self, batch: Batch) -> None:
+        if not self.full and not self.messages and len(batch) <= self.limit:
+            self.messages = batch.messages[:]
+            self._wake()
+            return
+        for message in batch.messages:
+            self.deliver(message)
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         if self.messages:
@@ -65,10 +81,38 @@ class PollCollector:
 
     def overflow(self) -> None:
         self.full = True
-        self.wake.set()
+        self._wake()
 
     def drain(self) -> None:
-        self.wake.set()
+        self._wake()
+
+    async def wait(self, seconds: float) -> None:
+        """Until a message (or a drain) wakes the poll, or ``seconds`` pass."""
+        wake = self.wake
+        timer = asyncio.get_running_loop().call_later(
+            seconds, lambda: None if wake.done() else wake.set_result(None)
+        )
+        try:
+            await wake
+        finally:
+            timer.cancel()
+
+
+class PollAnswer(Response):
+    """A long-poll answer: encoded JSON bytes and two prebuilt headers.
+
+    Starlette's ``Response`` builds a header list through its generic path for every answer;
+    a poll answer needs only the type and the length.
+    """
+
+    def __init__(self, body: bytes) -> None:  # the generic init is the cost avoided
+        self.body = body
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ]
 
 
 def _body(topic: Topic, messages: list[Message], next_cursor: str, recovered: bool) -> bytes:
@@ -91,13 +135,10 @@ def _answer(
     state: GatewayState, topic: Topic, messages: list[Message], next_cursor: str, recovered: bool
 ) -> Response:
     if messages:
-        metrics = state.metrics.transport("poll")
-        now_ms = time.time() * 1000
-        for message in messages:
-            metrics.lag.observe(max(0.0, now_ms - message.ts) / 1000)
-        metrics.deliveries.inc(len(messages))
+        # One lag observation per answer, for its oldest message (as for the other transports).
+        state.metrics.transport("poll").written(len(messages), messages[0].ts)
         next_cursor = str(messages[-1].id)
-    return JSONBytesResponse(_body(topic, messages, next_cursor, recovered))
+    return PollAnswer(_body(topic, messages, next_cursor, recovered))
 
 
 async def poll_endpoint(request: Request) -> Response:
@@ -139,11 +180,7 @@ async def poll_endpoint(request: Request) -> Response:
             feed.resume_after(resume.after, check=recovered)
         feed.go_live()
         if not collector.messages and not state.drain.draining:
-            try:
-                async with asyncio.timeout(timeout):
-                    await collector.wake.wait()
-            except TimeoutError:
-                pass
+            await collector.wait(timeout)
         return _answer(
             state, topic, collector.messages, next_cursor, recovered and not collector.gapped
         )

@@ -6,6 +6,8 @@ path pays one attribute lookup per observation, not a label resolution.
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from relaycore.metrics import LATENCY_BUCKETS, CommonMetrics
@@ -16,13 +18,26 @@ TRANSPORTS = ("ws", "sse", "poll")
 
 
 class TransportMetrics:
-    """The label-bound children of one transport."""
+    """The label-bound children of one transport.
+
+    ``pending`` counts deliveries written during one fan-out; the hub adds them to the counter
+    and observes the lag once per fan-out (:meth:`GatewayMetrics.flush_writes`): a counter
+    increment per subscriber would cost more than the write itself.
+    """
+
+    __slots__ = ("connections", "deliveries", "lag", "pending", "slow_consumers")
 
     def __init__(self, metrics: GatewayMetrics, transport: str) -> None:
         self.connections = metrics.connections.labels(transport)
         self.deliveries = metrics.deliveries.labels(transport)
         self.lag = metrics.delivery_lag.labels(transport)
         self.slow_consumers = metrics.slow_consumers.labels(transport)
+        self.pending = 0
+
+    def written(self, count: int, oldest_ms: int) -> None:
+        """``count`` deliveries written now, the oldest published at ``oldest_ms``."""
+        self.deliveries.inc(count)
+        self.lag.observe(max(0.0, time.time() * 1000 - oldest_ms) / 1000)
 
 
 class GatewayMetrics(CommonMetrics):
@@ -45,7 +60,7 @@ class GatewayMetrics(CommonMetrics):
         self.delivery_lag = Histogram(
             "relay_delivery_lag_seconds",
             "End-to-end lag, publish time (the id's milliseconds) to send; one observation per "
-            "write, for the oldest message it carries",
+            "fan-out (and per write from a backlog), for the oldest message it carries",
             ["transport"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -86,3 +101,10 @@ class GatewayMetrics(CommonMetrics):
 
     def transport(self, name: str) -> TransportMetrics:
         return self.transports[name]
+
+    def flush_writes(self, oldest_ms: int) -> None:
+        """Account the deliveries written by one fan-out; its oldest message is ``oldest_ms``."""
+        for transport in self.transports.values():
+            if transport.pending:
+                transport.written(transport.pending, oldest_ms)
+                transport.pending = 0

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from relay_gateway.client_queue import OutboundQueue
-from relay_gateway.hot import Message
+from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Feed, Topic, Unavailable
 from relay_gateway.params import (
     check_access,
@@ -59,8 +59,12 @@ class EventStream(Response):
     # -- Sink ------------------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
-        if not self.queue.push(message.sse_bytes, message.id.ms):
+        if not self.queue.push(message.sse_bytes, 1, message.id.ms):
             self.overflow()
+
+    def deliver_batch(self, batch: Batch) -> None:
+        for message in batch.messages:
+            self.deliver(message)
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         data = _encode({"topic": topic, "reason": reason, "from": str(first.id)})
@@ -157,16 +161,16 @@ class EventStream(Response):
                 continue
             if not items:
                 return
-            body = items[0][0] if len(items) == 1 else b"".join(item for item, _ in items)
+            body = items[0][0] if len(items) == 1 else b"".join(item for item, _, _ in items)
             await send({"type": "http.response.body", "body": body, "more_body": True})
             # One lag observation per write, for its oldest message: the histogram then costs
             # one lock per write instead of one per delivery, and still shows the worst lag.
             sent = 0
             oldest = 0
-            for _, ts in items:
-                if ts:
-                    sent += 1
-                    oldest = oldest or ts
+            for _, count, oldest_ms in items:
+                if count:
+                    sent += count
+                    oldest = oldest or oldest_ms
             if sent:
                 deliveries.inc(sent)
                 lag.observe(max(0.0, time.time() * 1000 - oldest) / 1000)

@@ -15,6 +15,8 @@ import websockets
 from glide import Batch, RequestError
 
 from relay_gateway.app import create_app
+from relay_gateway.httpwrites import RelayHttpProtocol
+from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
 from relaycore.testing import UvicornServer
@@ -31,11 +33,15 @@ def gateway_settings(valkey_url: str, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    settings: Settings, valkey: ValkeyClient | None = None
+    settings: Settings, valkey: ValkeyClient | None = None, *, relay_protocols: bool = True
 ) -> AsyncIterator[UvicornServer]:
+    """A gateway as ``relay-gateway`` serves it (uvicorn with the relay's protocol classes:
+    raw WebSocket frames, coalesced HTTP writes); ``relay_protocols=False``: uvicorn's own
+    httptools and sans-I/O WebSocket protocols, as any ASGI server would serve the app."""
     server = UvicornServer(
         create_app(settings, valkey=valkey),
-        ws="websockets-sansio",
+        http=RelayHttpProtocol if relay_protocols else "httptools",
+        ws=RelayWebSocketProtocol if relay_protocols else "websockets-sansio",
         ws_max_size=settings.max_ws_frame_bytes,
         ws_per_message_deflate=False,
     )

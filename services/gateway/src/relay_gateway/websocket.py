@@ -5,10 +5,12 @@ Client → server: one JSON object per text frame, ``op`` one of ``subscribe`` (
 (``token``). Server → client: text frames of one or more JSON events separated by ``\\n``:
 ``subscribed``, ``message``, ``gap``, ``unsubscribed``, ``pong``, ``error``.
 
-Each connection runs three tasks — the frame reader, the writer draining the connection's
-:class:`~relay_gateway.client_queue.OutboundQueue`, and the token-expiry watch — and ends them
-all when any asks to close. Close codes: 1009 frame too big, 1012 shutdown, 4008 slow
-consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
+A connection's own task reads and handles the client's frames; output goes straight to the
+transport through the raw frame path (:mod:`relay_gateway.wsframes`) or, without it, through a
+writer task draining the connection's :class:`~relay_gateway.client_queue.OutboundQueue`; with
+auth a third task watches the token's expiry. Whatever asks to close interrupts the reader,
+which then sends what is left and the close frame. Close codes: 1009 frame too big, 1012
+shutdown, 4008 slow consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay_gateway.client_queue import OutboundQueue
-from relay_gateway.hot import Message
+from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Feed, Unavailable
 from relay_gateway.recovery import catch_up, decide
 from relay_gateway.state import GatewayState, authenticate, gateway_state
+from relay_gateway.wsframes import FrameWriter, frame_writer, text_frame
 from relaycore.auth import AuthError, Principal
 from relaycore.http import origin_allowed
 from relaycore.ids import ZERO, Cursor, parse_cursor
@@ -42,7 +45,7 @@ CLOSE_SLOW = 4008
 CLOSE_PROTOCOL = 4400
 CLOSE_UNAUTHENTICATED = 4401
 HISTORY_PAGE = 500
-PACKED_FRAME_CHARS = 256 * 1024
+PACKED_FRAME_BYTES = 256 * 1024
 
 
 class ClientFrame(msgspec.Struct):
@@ -57,39 +60,41 @@ _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def _event(op: str, req: int | str | None = None, **fields: Any) -> str:
+def _event(op: str, req: int | str | None = None, **fields: Any) -> bytes:
     body: dict[str, Any] = {"op": op}
     if req is not None:
         body["req"] = req
     body.update(fields)
-    return _encode(body).decode()
+    return _encode(body)
 
 
-def _error(code: str, message: str, req: int | str | None = None, topic: str | None = None) -> str:
+def _error(
+    code: str, message: str, req: int | str | None = None, topic: str | None = None
+) -> bytes:
     fields: dict[str, Any] = {"code": code, "message": message}
     if topic is not None:
         fields["topic"] = topic
     return _event("error", req, **fields)
 
 
-def _pack(items: list[tuple[str, int]]) -> list[str]:
-    """Queued events as few text frames as possible, each at most ``PACKED_FRAME_CHARS``.
+def _pack(items: list[tuple[bytes, int, int]]) -> list[bytes]:
+    """Queued events as few text frames as possible, each at most ``PACKED_FRAME_BYTES``.
 
     The cap keeps packed frames under common client limits (the ``websockets`` library
     refuses frames over 1 MiB by default) however far behind the writer fell.
     """
     if len(items) == 1:
         return [items[0][0]]
-    frames: list[str] = []
-    batch: list[str] = []
+    frames: list[bytes] = []
+    batch: list[bytes] = []
     size = 0
-    for item, _ in items:
-        if batch and size + len(item) > PACKED_FRAME_CHARS:
-            frames.append("\n".join(batch))
+    for item, _, _ in items:
+        if batch and size + len(item) > PACKED_FRAME_BYTES:
+            frames.append(b"\n".join(batch))
             batch, size = [], 0
         batch.append(item)
         size += len(item) + 1
-    frames.append("\n".join(batch))
+    frames.append(b"\n".join(batch))
     return frames
 
 
@@ -107,27 +112,76 @@ def _salvage_req(text: str) -> int | str | None:
 
 
 class Connection:
-    """One WebSocket consumer: its subscriptions (feeds), outbound queue and tasks."""
+    """One WebSocket consumer: its subscriptions (feeds), outbound queue and tasks.
+
+    Output goes through one path per connection so events keep their order. With the server's
+    raw frame path (:mod:`relay_gateway.wsframes`, uvicorn with
+    :class:`~relay_gateway.wsframes.RelayWebSocketProtocol`) an event is written to the
+    transport at once — the hub's fan-out writes the same pre-built frame to every subscriber —
+    while the transport is below its high-water mark and nothing is queued; otherwise it is
+    queued and the whole queue is packed into frames when the transport drains. Without that
+    path (any other ASGI server) a writer task sends the queue through ``websocket.send``.
+    """
+
+    __slots__ = (
+        "auth_changed",
+        "close_code",
+        "close_reason",
+        "closed",
+        "feeds",
+        "final_event",
+        "frames",
+        "metrics",
+        "principal",
+        "protocol_errors",
+        "queue",
+        "settings",
+        "state",
+        "task",
+        "ws",
+    )
 
     def __init__(self, websocket: WebSocket, state: GatewayState, principal: Principal) -> None:
         self.ws = websocket
+        self.frames: FrameWriter | None = frame_writer(websocket.scope)
         self.state = state
         self.settings = state.settings
         self.principal = principal
         self.metrics = state.metrics.transport("ws")
-        self.queue: OutboundQueue[str] = OutboundQueue(state.settings.max_queue_bytes)
+        self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
         self.feeds: dict[str, Feed] = {}
         self.protocol_errors = 0
         self.close_code: int | None = None
         self.close_reason = ""
-        self.final_event: str | None = None
-        self.closing = asyncio.Event()
-        self.auth_changed = asyncio.Event()
+        self.final_event: bytes | None = None
+        self.closed = False
+        # The task running this connection: interrupted when something else asks to close.
+        self.task: asyncio.Task[Any] | None = None
+        self.auth_changed: asyncio.Event | None = asyncio.Event() if state.auth.enabled else None
 
     # -- Sink: called synchronously by the hub while fanning out ---------------------------
 
     def deliver(self, message: Message) -> None:
-        if not self.queue.push(message.ws_text, message.id.ms):
+        frames = self.frames
+        if frames is not None and not self.queue.items and frames.frames_writable:
+            frames.write_frames(message.ws_frame)
+            self.metrics.written(1, message.id.ms)
+        elif not self.queue.push(message.ws_bytes, 1, message.id.ms):
+            self.overflow()
+
+    def deliver_batch(self, batch: Batch) -> None:
+        frames = self.frames
+        if frames is not None and not self.queue.items and frames.frames_writable:
+            # The hot path: the same frame bytes for every subscriber; the hub accounts them.
+            frame = batch.ws_frame
+            if len(frame) <= PACKED_FRAME_BYTES:
+                frames.write_frames(frame)
+                self.metrics.pending += batch.count
+                return
+        if len(batch.ws_bytes) > PACKED_FRAME_BYTES:
+            for message in batch.messages:
+                self.deliver(message)
+        elif not self.queue.push(batch.ws_bytes, batch.count, batch.oldest_ms):
             self.overflow()
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
@@ -150,41 +204,92 @@ class Connection:
 
     # --------------------------------------------------------------------------------------
 
-    def send(self, event: str) -> None:
-        if not self.queue.push(event):
+    def send(self, event: bytes) -> None:
+        frames = self.frames
+        if frames is not None and not self.queue.items and frames.frames_writable:
+            frames.write_frames(text_frame(event))
+        elif not self.queue.push(event):
             self.overflow()
 
-    def request_close(self, code: int | None, reason: str = "", event: str | None = None) -> None:
+    def request_close(self, code: int | None, reason: str = "", event: bytes | None = None) -> None:
         """End the connection: ``code`` None when the peer is already gone."""
-        if self.closing.is_set():
+        if self.closed:
             return
         self.close_code = code
         self.close_reason = reason
         self.final_event = event
-        self.closing.set()
+        self.closed = True
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            # The connection's task is waiting for the client's next frame (or inside an op).
+            task.cancel()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self._guard(self._write())),
-                group.create_task(self._guard(self._read())),
-            ]
-            if self.state.auth.enabled:
-                # Without auth nothing expires: idle connections save a task each.
-                tasks.append(group.create_task(self._guard(self._watch_expiry())))
-            await self.closing.wait()
-            for task in tasks:
-                task.cancel()
+        """Read and handle the client's frames in this task until the connection ends.
+
+        The reader is the connection's own task — no extra task per idle connection. A writer
+        task exists only without the raw frame path, an expiry watch only with auth.
+        """
+        frames = self.frames
+        self.task = asyncio.current_task()
+        if frames is not None:
+            # The transport's drain callback flushes what was queued while it was full.
+            frames.on_frames_writable(self._flush)
+        try:
+            if frames is not None and self.auth_changed is None:
+                await self._guard(self._read())
+            else:
+                async with asyncio.TaskGroup() as group:
+                    helpers = []
+                    if frames is None:
+                        helpers.append(group.create_task(self._guard(self._write())))
+                    if self.auth_changed is not None:
+                        helpers.append(group.create_task(self._guard(self._watch_expiry())))
+                    await self._guard(self._read())
+                    for helper in helpers:
+                        helper.cancel()
+        finally:
+            self.task = None
+            if frames is not None:
+                frames.on_frames_writable(None)
         await self._close()
 
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.closed or task is not self.task or task is None:
+                raise
+            # request_close interrupted the reader: a close, not a cancellation of the task.
+            task.uncancel()
         except WebSocketDisconnect:
             self.request_close(None)
         except Exception:
             log.exception("websocket_task_failed")
             self.request_close(1011, "internal error")
+
+    def _account(self, items: list[tuple[bytes, int, int]]) -> None:
+        # One lag observation per write, for its oldest message: the histogram then costs
+        # one lock per write instead of one per delivery, and still shows the worst lag.
+        sent = 0
+        oldest = 0
+        for _, count, oldest_ms in items:
+            if count:
+                sent += count
+                oldest = oldest or oldest_ms
+        if sent:
+            self.metrics.written(sent, oldest)
+
+    def _flush(self) -> None:
+        """The transport drained: write everything queued meanwhile, packed."""
+        frames = self.frames
+        if frames is None or self.closed or not self.queue.items:
+            return
+        items = self.queue.take_now()
+        for packed in _pack(items):
+            frames.write_frames(text_frame(packed))
+        self._account(items)
 
     async def _close(self) -> None:
         code = self.close_code
@@ -192,45 +297,44 @@ class Connection:
             return
         try:
             async with asyncio.timeout(self.settings.ws_ping_interval):
-                pending = await self._take_now()
+                pending = self._take_now()
                 if self.final_event is not None:
-                    pending.append((self.final_event, 0))
-                for frame in _pack(pending) if pending else ():
-                    await self.ws.send_text(frame)
+                    pending.append((self.final_event, 0, 0))
+                if pending:
+                    await self._send_now(pending)
                 await self.ws.close(code, self.close_reason)
         except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
             # The peer is gone or not reading: nothing more can reach it.
             return
 
-    async def _take_now(self) -> list[tuple[str, int]]:
-        if self.close_code == CLOSE_SLOW or not len(self.queue):
+    async def _send_now(self, items: list[tuple[bytes, int, int]]) -> None:
+        frames = self.frames
+        if frames is None:
+            for packed in _pack(items):
+                await self.ws.send_text(packed.decode())
+            return
+        await frames.wait_frames_writable()
+        if frames.frames_writable:
+            for packed in _pack(items):
+                frames.write_frames(text_frame(packed))
+
+    def _take_now(self) -> list[tuple[bytes, int, int]]:
+        if self.close_code == CLOSE_SLOW:
             return []
-        return await self.queue.take()
+        return self.queue.take_now()
 
     async def _write(self) -> None:
-        lag = self.metrics.lag
-        deliveries = self.metrics.deliveries
         while True:
             items = await self.queue.take()
             if not items:
                 return
-            for frame in _pack(items):
-                await self.ws.send_text(frame)
-            # One lag observation per write, for its oldest message: the histogram then costs
-            # one lock per write instead of one per delivery, and still shows the worst lag.
-            sent = 0
-            oldest = 0
-            for _, ts in items:
-                if ts:
-                    sent += 1
-                    oldest = oldest or ts
-            if sent:
-                deliveries.inc(sent)
-                lag.observe(max(0.0, time.time() * 1000 - oldest) / 1000)
+            for packed in _pack(items):
+                await self.ws.send_text(packed.decode())
+            self._account(items)
 
     async def _read(self) -> None:
         limit = self.settings.max_ws_frame_bytes
-        while True:
+        while not self.closed:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.request_close(None)
@@ -246,15 +350,17 @@ class Connection:
             await self._handle(text)
 
     async def _watch_expiry(self) -> None:
+        changed = self.auth_changed
+        assert changed is not None
         while True:
-            self.auth_changed.clear()
+            changed.clear()
             expires_at = self.principal.expires_at
             if expires_at is None:
-                await self.auth_changed.wait()
+                await changed.wait()
                 continue
             try:
                 async with asyncio.timeout(max(0.0, expires_at - time.time())):
-                    await self.auth_changed.wait()
+                    await changed.wait()
             except TimeoutError:
                 if self.principal.expired():
                     self.request_close(
@@ -264,7 +370,7 @@ class Connection:
                     )
                     return
 
-    def _protocol_error(self, event: str) -> None:
+    def _protocol_error(self, event: bytes) -> None:
         self.protocol_errors += 1
         if self.protocol_errors > self.settings.ws_max_protocol_errors:
             self.request_close(
@@ -385,7 +491,8 @@ class Connection:
             self.send(_error("unauthorized", str(error), frame.req))
             return
         self.principal = principal
-        self.auth_changed.set()
+        if self.auth_changed is not None:
+            self.auth_changed.set()
         for name in [name for name in self.feeds if not principal.may_subscribe(name)]:
             self.state.hub.detach(self.feeds.pop(name))
             self.send(_error("forbidden", "the new token does not permit this topic", None, name))
@@ -408,7 +515,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         principal = authenticate(state, websocket)
     except AuthError as error:
         await websocket.accept()
-        await websocket.send_text(_error("unauthorized", str(error)))
+        await websocket.send_text(_error("unauthorized", str(error)).decode())
         await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
         return
     await websocket.accept()

@@ -7,7 +7,6 @@ line on stderr naming the variable.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from typing import NoReturn
@@ -16,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from relaycore.auth import Authenticator
-from relaycore.logging import configure_logging, uvicorn_log_config
+from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.settings import ConfigError, Settings
 
 __all__ = ["app_from_environment", "main"]
@@ -57,17 +56,9 @@ def load_settings() -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
-    if settings.log_format == "json":
-        # GLIDE's core logs straight to stdout in its own format; with JSON logs every stdout
-        # line must be JSON, and connection trouble is already logged (and counted) by ingest.
-        from glide import Logger, LogLevel
-
-        Logger.set_logger_config(LogLevel.OFF)
-    if not settings.access_log:
-        # uvicorn's access_log=False does this too, but a worker process configures logging
-        # after uvicorn has, so it is repeated here.
-        logging.getLogger("uvicorn.access").propagate = False
+    configure_service_logging(
+        settings.log_level, settings.log_format, access_log=settings.access_log
+    )
 
 
 def app_from_environment() -> Starlette:
