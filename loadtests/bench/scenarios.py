@@ -101,6 +101,7 @@ class Config:
     idle_connections: int = 15000
     hold_seconds: float = 5.0
     half_rounds: int = 3
+    step_attempts: int = 3
     workers: int = 3
 
 
@@ -538,9 +539,11 @@ async def run_stepped(
                 budget=budget,
             )
             result.steps.append(step)
-            if not step.sustained:
+            attempt = 1
+            while not step.sustained and attempt < cfg.step_attempts:
                 # Two cores are shared with whatever else runs: one stall can sink a step.
-                # A rate counts as not sustained only when it fails twice in a row.
+                # A rate counts as not sustained only when every attempt fails.
+                attempt += 1
                 step = await _step(
                     pool,
                     stacks[side],
@@ -552,7 +555,7 @@ async def run_stepped(
                     cfg,
                     budget=budget,
                 )
-                step.note = ("retry; " + step.note).strip("; ")
+                step.note = (f"attempt {attempt}; " + step.note).strip("; ")
                 result.steps.append(step)
             if not step.sustained:
                 active.remove(side)
