@@ -10,6 +10,7 @@ from relaycore.streams import (
     StreamRetention,
     add_publish,
     add_publish_many,
+    add_publish_payloads,
     ensure_functions,
     parse_publish_many,
     read_after,
@@ -113,3 +114,22 @@ async def test_publish_many_idempotency(valkey_client: ValkeyClient, topic: str)
     assert results[1][0] == results[0][0]
     assert results[2][0] == earlier[0]
     assert await valkey_client.xlen(stream_key(topic)) == 3
+
+
+async def test_publish_payloads_keeps_order_and_the_previous_id_chain(
+    valkey_client: ValkeyClient, topic: str
+) -> None:
+    await ensure_functions(valkey_client)
+    (first,) = await publish(valkey_client, topic, [b"1"])
+    batch = Batch(is_atomic=False)
+    add_publish_payloads(batch, topic, [b"2", b'{"x":3}', b"4"], RETAIN)
+    result = await valkey_client.exec(batch, raise_on_error=True)
+    assert result is not None
+    (raw_ids,) = result
+    assert isinstance(raw_ids, list)
+    ids = [StreamId.parse(first[0]), *(StreamId.parse(i) for i in raw_ids)]  # type: ignore[arg-type]  # bytes ids
+    entries = await read_after(valkey_client, topic, StreamId(0, 0), 100)
+    assert [e.id for e in entries] == ids
+    assert [e.payload for e in entries] == [b"1", b"2", b'{"x":3}', b"4"]
+    assert [e.previous for e in entries] == [StreamId(0, 0), *ids[:-1]]
+    assert [e.headers for e in entries] == [None] * 4

@@ -88,3 +88,20 @@ async def test_other_methods_and_paths_pass_through(ingest: httpx.AsyncClient) -
     assert (await ingest.get(MESSAGES)).status_code == 405
     assert (await ingest.put(BATCH, json={})).status_code == 405
     assert (await ingest.post(MESSAGES + "/other", json={})).status_code == 404
+
+
+async def test_repeated_headers_read_the_same_in_both_lanes(
+    make_ingest: MakeIngest, topic: str
+) -> None:
+    ingest = await make_ingest(allowed_origins=("https://app.example",))
+    body = b'{"topic": "%s", "payload": 1}' % topic.encode()
+    for first, second, status in (
+        ("application/json", "text/plain", 201),
+        ("text/plain", "application/json", 415),
+    ):
+        headers = [("content-type", first), ("content-type", second)]
+        fast = await ingest.post(MESSAGES, content=body, headers=headers)
+        regular = await ingest.post(
+            MESSAGES, content=body, headers=[*headers, ("origin", "https://app.example")]
+        )
+        assert fast.status_code == regular.status_code == status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay_ingest.__main__ import GC_THRESHOLD, tune_gc
 from relaycore.testing import free_port
 
 
@@ -162,3 +164,14 @@ def test_several_workers_and_no_access_log(
     events = [json.loads(line) for line in stdout.splitlines()]
     assert any(e["event"].startswith("Started server process") for e in events)
     assert not [e for e in events if e.get("logger") == "uvicorn.access"]  # RELAY_ACCESS_LOG
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_threshold() -> None:
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLD
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -12,6 +12,7 @@ import msgspec
 from relay_ingest.app import create_app
 from relaycore.ids import StreamId
 from relaycore.keys import stream_key
+from relaycore.models import decode_publish
 from relaycore.settings import RateLimit, Settings
 from relaycore.streams import read_after
 from relaycore.testing import ValkeyProcess
@@ -448,3 +449,23 @@ async def test_rate_limit_applies_to_the_anonymous_principal(
         for n in range(3)
     ]
     assert codes == [201, 201, 429]
+
+
+async def test_topic_errors_keep_the_schemas_wording(ingest: httpx.AsyncClient) -> None:
+    # The valid-message fast path checks topics itself; a refused one is still worded by the
+    # schema (its pattern), single and in a batch, as if only the schema had looked.
+    for bad in ("no spaces", "orders\n", "-leading-dash", "a" * 201):
+        body = msgspec.json.encode({"topic": bad, "payload": 1})
+        expected = "invalid topic name" if bad.endswith("\n") else None
+        try:
+            decode_publish(body)
+        except msgspec.ValidationError as error:
+            expected = str(error).partition(" - at ")[0]
+        single = error_of(
+            await ingest.post(MESSAGES, content=body, headers={"content-type": "application/json"})
+        )
+        batch = error_of(await ingest.post(BATCH, json={"messages": [msgspec.json.decode(body)]}))
+        for error in (single, batch):
+            details = error["details"]
+            assert isinstance(details, list)
+            assert details[0]["message"] == expected, bad

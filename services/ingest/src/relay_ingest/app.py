@@ -22,7 +22,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from relay_ingest.fastlane import FastLane
+from relay_ingest.fastlane import IngestApp
 from relay_ingest.messages import MessageLimits
 from relay_ingest.metrics import IngestMetrics, RequestMetricsMiddleware
 from relay_ingest.pipeline import Pipeline
@@ -91,7 +91,13 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             on_recover=reload_functions,
             observe_batch=metrics.pipeline_commands.observe,
         )
-        publisher = Publisher(client, pipeline, retention_of(settings), metrics)
+        publisher = Publisher(
+            client,
+            pipeline,
+            retention_of(settings),
+            metrics,
+            merge_limit=settings.publish_pipeline_size,
+        )
         metrics.valkey_available.set_function(lambda: float(pipeline.available))
         state = IngestState(
             settings=settings,
@@ -130,12 +136,16 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
     endpoint_templates = {route.endpoint: route.path for route in routes}
     cors = cors_middleware(settings, ["GET", "POST", "OPTIONS"])
     middleware = [
-        # First: publishes without an Origin header skip the rest of the stack.
-        Middleware(FastLane, metrics=metrics, vary_origin=bool(cors)),
         Middleware(RequestMetricsMiddleware, metrics=metrics, templates=endpoint_templates),
         *cors,
     ]
     handlers = {**exception_handlers(), Exception: _unexpected}
-    return Starlette(
-        routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan
+    # Publishes without an Origin header take the fast lane in front of all of this.
+    return IngestApp(
+        metrics=metrics,
+        vary_origin=bool(cors),
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=handlers,
+        lifespan=lifespan,
     )

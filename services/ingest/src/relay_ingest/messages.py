@@ -5,12 +5,18 @@ a JSON path (``$.topic``, ``$.headers[...]``). A batch is decoded in two steps, 
 its items kept raw, then each item on its own, so one 422 lists EVERY bad index, each with its
 path (``$.messages[3].topic``), and nothing is written unless all items are valid. A valid
 batch (the common case) is decoded in one pass first; only a bad one takes the two-step path.
+
+The first pass (single messages too) checks the topic with ``is_valid_topic`` once instead of
+letting msgspec run the schema's regex as well (the regex was a third of a batch's decode
+time); anything it does not accept is decoded again with the full schema, so errors are
+reported exactly as the schema words them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Annotated, cast
 
 import msgspec
 
@@ -18,7 +24,6 @@ from relay_ingest.publisher import OutgoingMessage
 from relaycore.http import ApiError
 from relaycore.keys import is_valid_topic
 from relaycore.models import (
-    BatchRequest,
     ErrorDetail,
     PublishRequest,
     decode_batch_envelope,
@@ -35,7 +40,20 @@ __all__ = [
 
 _PATH = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _headers_encoder = msgspec.json.Encoder()
-_batch_decoder = msgspec.json.Decoder(BatchRequest)
+
+
+class _UncheckedTopic(PublishRequest):
+    """The publish schema but for the topic's pattern, which ``is_valid_topic`` checks."""
+
+    topic: Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class _UncheckedBatch(msgspec.Struct, forbid_unknown_fields=True):
+    messages: list[_UncheckedTopic]
+
+
+_single_decoder = msgspec.json.Decoder(_UncheckedTopic)
+_batch_decoder = msgspec.json.Decoder(_UncheckedBatch)
 
 
 class MessageLimits:
@@ -115,8 +133,22 @@ def _outgoing(item: PublishRequest) -> OutgoingMessage:
     return OutgoingMessage(item.topic, bytes(item.payload), encode_headers(item.headers), item.key)
 
 
+def _valid_single(body: bytes) -> PublishRequest | None:
+    """A publish request with nothing wrong, or ``None`` (then the full schema reports why)."""
+    try:
+        item = _single_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return item if is_valid_topic(item.topic) else None
+
+
 def decode_single(body: bytes, limits: MessageLimits) -> tuple[PublishRequest, OutgoingMessage]:
     """One publish request; raises the 400/413/422 :class:`ApiError` for a bad one."""
+    valid = _valid_single(body)
+    if valid is not None:
+        message = _outgoing(valid)
+        if len(message.payload) <= limits.max_message_bytes:
+            return valid, message
     try:
         item = decode_publish(body)
     except msgspec.ValidationError as error:
@@ -138,10 +170,13 @@ def decode_single(body: bytes, limits: MessageLimits) -> tuple[PublishRequest, O
 def _valid_batch(body: bytes, limits: MessageLimits) -> list[PublishRequest] | None:
     """The items of a batch with nothing wrong, in one C-level pass; ``None`` on any problem."""
     try:
-        items = _batch_decoder.decode(body).messages
+        # An _UncheckedTopic is a PublishRequest; the list is only read.
+        items = cast(list[PublishRequest], _batch_decoder.decode(body).messages)
     except (msgspec.DecodeError, RecursionError):
         return None
-    if len(items) > limits.max_batch_items or not all(is_valid_topic(i.topic) for i in items):
+    if not 1 <= len(items) <= limits.max_batch_items:
+        return None
+    if not all(is_valid_topic(i.topic) for i in items):
         return None
     return items
 

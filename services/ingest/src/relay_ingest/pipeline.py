@@ -7,6 +7,11 @@ never splitting an operation), sends it as ONE non-atomic batch with ``raise_on_
 hands every operation the slice of results that belongs to it: a failed command fails only the
 request that sent it.
 
+An operation's commands are added when the flusher takes it, so work can join a queued
+operation until then (:meth:`Pipeline.grow`; the publisher merges concurrent single publishes
+to one topic that way). The queue limit and the per-round-trip size count that work (its
+*weight*, e.g. messages), not just commands.
+
 While one batch is in flight the next one fills up, so under load the batches grow and the
 per-command cost falls toward the server's; with one request in flight the added latency is one
 event-loop tick.
@@ -40,7 +45,7 @@ from relaycore.logging import get_logger
 from relaycore.metrics import CommonMetrics
 from relaycore.valkey import ValkeyClient
 
-__all__ = ["AnyBatch", "BatchBuilder", "Pipeline", "Unavailable"]
+__all__ = ["AnyBatch", "BatchBuilder", "Pipeline", "Queued", "Unavailable"]
 
 AnyBatch: TypeAlias = Batch | ClusterBatch
 BatchBuilder: TypeAlias = Callable[[AnyBatch], None]
@@ -62,10 +67,19 @@ class Unavailable(Exception):
 
 
 @dataclass(slots=True)
-class _Operation:
+class Queued:
+    """An operation waiting for its round trip.
+
+    ``size`` is how many commands ``build`` adds (and results the future gets); ``weight`` is
+    how much of the queue limit and of a round trip's size it takes: the messages it carries,
+    which :meth:`Pipeline.grow` raises while the operation waits.
+    """
+
     build: BatchBuilder
     size: int
+    weight: int
     future: asyncio.Future[list[Any]]
+    waiting: bool = True
 
 
 class Pipeline:
@@ -90,7 +104,7 @@ class Pipeline:
         self._metrics = metrics
         self._on_recover = on_recover
         self._observe_batch = observe_batch
-        self._pending: list[_Operation] = []
+        self._pending: list[Queued] = []
         self._pending_commands = 0
         self._wakeup = asyncio.Event()
         self._closing = asyncio.Event()
@@ -113,18 +127,43 @@ class Pipeline:
         Returns their results in order; a command the server refused is a ``RequestError``
         instance in that list. Raises :class:`Unavailable` when Valkey cannot be reached.
         """
+        return await self.submit(build, size).future
+
+    def submit(self, build: BatchBuilder, size: int) -> Queued:
+        """Queue ``size`` commands for the next shared batch; their results arrive on the
+        returned operation's ``future``. Raises :class:`Unavailable` like :meth:`execute`.
+
+        ``build`` runs when the flusher takes the operation, so it may add commands for
+        work that joined the operation (:meth:`grow`) after it was queued.
+        """
+        self._admit(size)
+        queued = Queued(build, size, size, asyncio.get_running_loop().create_future())
+        self._pending.append(queued)
+        self._pending_commands += size
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return queued
+
+    def grow(self, queued: Queued, weight: int) -> bool:
+        """Count ``weight`` more toward a queued operation (messages that joined it).
+
+        False when the operation is no longer waiting (taken for a round trip, or failed):
+        nothing can join it then. Raises :class:`Unavailable` like :meth:`execute`.
+        """
+        if not queued.waiting:
+            return False
+        self._admit(weight)
+        queued.weight += weight
+        self._pending_commands += weight
+        return True
+
+    def _admit(self, weight: int) -> None:
         if self._closing.is_set():
             raise Unavailable("the service is shutting down")
         if not self._available:
             raise Unavailable("storage is unavailable")
-        if self._pending_commands + size > self._queue_limit and self._pending:
+        if self._pending_commands + weight > self._queue_limit and self._pending:
             raise Unavailable("too many publishes waiting for storage")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Operation(build, size, future))
-        self._pending_commands += size
-        if not self._wakeup.is_set():
-            self._wakeup.set()
-        return await future
 
     def close(self) -> None:
         """Refuse new operations; :meth:`run` sends what is queued, then returns."""
@@ -161,20 +200,21 @@ class Pipeline:
             # Cancelled (shutdown grace over) or crashed: nobody may wait forever.
             self._fail_pending(Unavailable("the service is shutting down"))
 
-    def _take(self) -> list[_Operation]:
+    def _take(self) -> list[Queued]:
         taken = 0
         count = 0
         for operation in self._pending:
-            if count and taken + operation.size > self._max_commands:
+            if count and taken + operation.weight > self._max_commands:
                 break
-            taken += operation.size
+            taken += operation.weight
             count += 1
+            operation.waiting = False
         operations = self._pending[:count]
         del self._pending[:count]
         self._pending_commands -= taken
         return operations
 
-    async def _flush(self, operations: list[_Operation]) -> None:
+    async def _flush(self, operations: list[Queued]) -> None:
         batch: AnyBatch = ClusterBatch(is_atomic=False) if self._cluster else Batch(is_atomic=False)
         commands = 0
         for operation in operations:
@@ -252,7 +292,8 @@ class Pipeline:
         _fail(operations, error)
 
 
-def _fail(operations: list[_Operation], error: Exception) -> None:
+def _fail(operations: list[Queued], error: Exception) -> None:
     for operation in operations:
+        operation.waiting = False
         if not operation.future.done():
             operation.future.set_exception(error)
