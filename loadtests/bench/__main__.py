@@ -30,7 +30,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sides", default="relay,nchan", help="relay,nchan (default both)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="short smoke run (~1 min)")
-    parser.add_argument("--budget", type=float, default=540.0, help="wall-clock seconds")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=450.0,
+        help="seconds from start after which stepping stops (conns still runs, ~1 min)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
     return parser.parse_args(argv)
@@ -79,9 +84,9 @@ async def _main(args: argparse.Namespace) -> int:
             )
         await pool.start()
         if "publish" in scenarios:
-            report.publish = await run_publish(stacks, cfg)
+            report.publish = await run_publish(stacks, cfg, budget)
         if "batch" in scenarios:
-            report.batch = await run_batch(stacks, cfg)
+            report.batch = await run_batch(stacks, cfg, budget)
         for name in ("fanout", "longpoll"):
             if name in scenarios:
                 report.stepped[name] = await run_stepped(name, stacks, pool, cfg, budget)

@@ -50,29 +50,39 @@ async def publish_at_rate(
     first_error = ""
     seq = itertools.count()
 
-    async def sender(conn: HttpConnection) -> None:
+    async def sender(conn: HttpConnection | None) -> None:
         nonlocal ok, failed, first_error
         while (ticket := await tickets.get()) is not None:
             del ticket
+            # Bounded in time as well as count: a stuck server cannot hold the run hostage.
+            if time.monotonic() > give_up_at:
+                failed += 1
+                first_error = first_error or "publisher gave up: server too slow"
+                continue
             body = stack.publish_body(topic, make_payload(next(seq)))
             try:
+                if conn is None or conn.closed:
+                    conn = await HttpConnection.open(HOST, stack.publish_port)
                 async with asyncio.timeout(10):
                     response = await conn.request(build_request("POST", path, host, body, headers))
             except (HttpError, OSError, TimeoutError) as exc:
                 failed += 1
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
-                conn.close()
-                conn = await HttpConnection.open(HOST, stack.publish_port)
+                if conn is not None:
+                    conn.close()
+                conn = None
                 continue
             if 200 <= response.status < 300:
                 ok += 1
             else:
                 failed += 1
                 first_error = first_error or f"{response.status}: {response.body[:200]!r}"
-        conn.close()
+        if conn is not None:
+            conn.close()
 
     pool = [await HttpConnection.open(HOST, stack.publish_port) for _ in range(connections)]
     started = time.monotonic()
+    give_up_at = started + seconds + 15
     async with asyncio.TaskGroup() as tg:
         for conn in pool:
             tg.create_task(sender(conn))

@@ -128,6 +128,7 @@ class RelayStack(Stack):
             RELAY_GATEWAY_PORT=str(self.subscribe_port),
             RELAY_WORKERS="1",
             # Access logs off on both sides (nginx: access_log off).
+            RELAY_ACCESS_LOG="false",
             RELAY_LOG_LEVEL="warning",
             RELAY_LOG_FORMAT="json",
         )
