@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,32 +85,38 @@ def _valkey() -> ValkeyProcess:
 
 
 @dataclass
-class Stack:
-    """What scenarios need from a system under test."""
+class Stack(ABC):
+    """What scenarios need from a system under test (the relay or nchan)."""
 
     name: str
     valkey: ValkeyProcess = field(default_factory=_valkey)
     publish_port: int = 0
     subscribe_port: int = 0
 
+    @abstractmethod
     def server_pids(self) -> dict[str, int]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def publish_path(self, topic: str) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def publish_body(self, topic: str, payload: bytes) -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def rss_pid(self) -> int:
         """The process whose memory grows with WebSocket connections."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        ...
 
 
 @dataclass
