@@ -10,7 +10,6 @@ resumes exactly. A gap — at the cursor or later, live — is an ``event: gap``
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgspec
 from starlette.requests import Request
@@ -142,8 +141,6 @@ class EventStream(Response):
 
     async def _write(self, send: Send) -> None:
         heartbeat = self.state.settings.sse_heartbeat
-        lag = self.metrics.lag
-        deliveries = self.metrics.deliveries
         loop = asyncio.get_running_loop()
         # A comment goes out at least every heartbeat, busy or quiet, so proxies and clients
         # can rely on the cadence to tell a live stream from a dead one.
@@ -163,17 +160,7 @@ class EventStream(Response):
                 return
             body = items[0][0] if len(items) == 1 else b"".join(item for item, _, _ in items)
             await send({"type": "http.response.body", "body": body, "more_body": True})
-            # One lag observation per write, for its oldest message: the histogram then costs
-            # one lock per write instead of one per delivery, and still shows the worst lag.
-            sent = 0
-            oldest = 0
-            for _, count, oldest_ms in items:
-                if count:
-                    sent += count
-                    oldest = oldest or oldest_ms
-            if sent:
-                deliveries.inc(sent)
-                lag.observe(max(0.0, time.time() * 1000 - oldest) / 1000)
+            self.metrics.written_items(items)
 
 
 async def sse_endpoint(request: Request) -> Response:

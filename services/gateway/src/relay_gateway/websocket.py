@@ -269,18 +269,6 @@ class Connection:
             log.exception("websocket_task_failed")
             self.request_close(1011, "internal error")
 
-    def _account(self, items: list[tuple[bytes, int, int]]) -> None:
-        # One lag observation per write, for its oldest message: the histogram then costs
-        # one lock per write instead of one per delivery, and still shows the worst lag.
-        sent = 0
-        oldest = 0
-        for _, count, oldest_ms in items:
-            if count:
-                sent += count
-                oldest = oldest or oldest_ms
-        if sent:
-            self.metrics.written(sent, oldest)
-
     def _flush(self) -> None:
         """The transport drained: write everything queued meanwhile, packed."""
         frames = self.frames
@@ -289,7 +277,7 @@ class Connection:
         items = self.queue.take_now()
         for packed in _pack(items):
             frames.write_frames(text_frame(packed))
-        self._account(items)
+        self.metrics.written_items(items)
 
     async def _close(self) -> None:
         code = self.close_code
@@ -330,7 +318,7 @@ class Connection:
                 return
             for packed in _pack(items):
                 await self.ws.send_text(packed.decode())
-            self._account(items)
+            self.metrics.written_items(items)
 
     async def _read(self) -> None:
         limit = self.settings.max_ws_frame_bytes
