@@ -48,6 +48,8 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "access_log": settings.access_log and settings.log_level in ("debug", "info"),
         "lifespan": "on",
         "proxy_headers": True,
+        # Like ingest: no server banner in responses.
+        "server_header": False,
     }
 
 
