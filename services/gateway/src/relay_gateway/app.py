@@ -41,6 +41,7 @@ from relay_gateway.sse import sse_endpoint
 from relay_gateway.state import GatewayState, gateway_state
 from relay_gateway.websocket import ClientFrame, websocket_endpoint
 from relaycore.auth import Authenticator
+from relaycore.errors import answer_unhandled
 from relaycore.http import (
     ApiError,
     cors_middleware,
@@ -184,6 +185,15 @@ class GatewayApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The error boundary, outermost: see relaycore.errors. A try costs nothing until it fires.
+        try:
+            await self._serve(scope, receive, send)
+        except Exception as error:
+            if scope["type"] == "lifespan":
+                raise
+            await answer_unhandled(scope, send, error)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if scope["type"] == "websocket" and path == root + WS_PATH:
