@@ -17,9 +17,9 @@ import structlog
 
 from relay_ingest import fastlane, routes
 from relay_ingest.app import create_app
-from relaycore.httpprotocol import CoalescingHttpToolsProtocol
 from relaycore.settings import Settings
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
 
 
 class Injected(RuntimeError):

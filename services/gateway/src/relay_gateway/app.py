@@ -25,7 +25,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from relay_gateway.httpwrites import response_writer
 from relay_gateway.hub import Hub
 from relay_gateway.longpoll import (
     DEFAULT_LIMIT,
@@ -52,6 +51,7 @@ from relaycore.http import (
 )
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import Envelope, ErrorBody
+from relaycore.prepared import response_writer
 from relaycore.settings import Settings
 from relaycore.tracing import Tracing
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client

@@ -1,25 +1,26 @@
-"""Encode once, write many: a raw WebSocket frame path next to uvicorn's ASGI ``send``.
+"""The ``relay.frames`` extension on uvicorn's sans-I/O WebSocket protocol.
 
-Server → client frames are never masked, so the complete frame of one event (or of one packed
-batch of events) is the same bytes for every subscriber. :func:`text_frame` builds it once and
-:class:`RelayWebSocketProtocol` — uvicorn's sans-I/O ``websockets`` protocol plus one ASGI scope
-extension, ``relay.frames`` — lets the app write those bytes straight to each connection's
+:class:`RelayWebSocketProtocol` is uvicorn's ``WebSocketsSansIOProtocol`` plus one ASGI scope
+extension, ``relay.frames`` (:class:`relaycore.frames.FrameWriter`), which lets the app write
+frames encoded once (:func:`relaycore.frames.text_frame`) straight to each connection's
 transport: no ASGI message, no per-connection framing, no task wake-up per delivery.
 
 The extension is only a fast path. Everything else — the handshake, inbound frames, pings and
 pongs, the close handshake — stays uvicorn's, and an app served by any other ASGI server (no
 ``relay.frames`` in the scope) falls back to ``websocket.send``. The app keeps ordering by
 writing through one path per connection, and keeps backpressure by writing raw frames only while
-the transport is below its high-water mark (:attr:`frames_writable`); otherwise it queues and
-flushes when :meth:`on_frames_writable`'s callback runs (uvicorn's ``resume_writing``).
+the transport is below its high-water mark (``frames_writable``); otherwise it queues and
+flushes when ``on_frames_writable``'s callback runs (uvicorn's ``resume_writing``).
+
+The uvicorn internals this relies on are listed, and checked, in
+:mod:`relaycore.uvicorn_ext.internals`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
@@ -27,51 +28,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.http11 import Request
 
-__all__ = ["EXTENSION", "FrameWriter", "RelayWebSocketProtocol", "frame_writer", "text_frame"]
+from relaycore.frames import EXTENSION
 
-EXTENSION = "relay.frames"
-
-_FIN_TEXT = 0x81
-_SHORT = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented text frame (RFC 6455 §5.2) carrying ``payload`` (UTF-8)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_FIN_TEXT, size)) + payload
-    if size < 65536:
-        return _SHORT.pack(_FIN_TEXT, 126, size) + payload
-    return _LONG.pack(_FIN_TEXT, 127, size) + payload
-
-
-class FrameWriter(Protocol):
-    """What the app sees under ``scope["extensions"]["relay.frames"]``."""
-
-    @property
-    def frames_writable(self) -> bool:
-        """Open, past the handshake, not closing, and the transport is below its high-water mark."""
-        ...
-
-    def write_frames(self, data: bytes) -> None:
-        """Write complete frames as they are; only call while :attr:`frames_writable`."""
-        ...
-
-    def on_frames_writable(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` whenever the transport drains below its low-water mark."""
-        ...
-
-    async def wait_frames_writable(self) -> None:
-        """Until the transport drained (or the connection is gone)."""
-        ...
-
-
-def frame_writer(scope: Any) -> FrameWriter | None:
-    """The raw frame path of this connection, if the server offers one."""
-    extensions = scope.get("extensions") or {}
-    writer = extensions.get(EXTENSION)
-    return writer if writer is not None else None
+__all__ = ["RelayWebSocketProtocol"]
 
 
 class _Inbox:
