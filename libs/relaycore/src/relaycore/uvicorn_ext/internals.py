@@ -1,4 +1,4 @@
-"""Every uvicorn internal the extension relies on, and the check that they are still there.
+"""Every uvicorn (and websockets) internal the extension relies on, and the check of each.
 
 uvicorn's protocol classes are not a public API: a release may rename an attribute the
 extension reads or a method it overrides, and nothing in the type system would say so. This
@@ -82,8 +82,21 @@ REQUIRED: tuple[Requirement, ...] = (
     Requirement(
         _SANSIO,
         "WebSocketsSansIOProtocol",
-        methods=("__init__", "send", "handle_connect", "resume_writing", "connection_lost"),
+        methods=(
+            "__init__",
+            "send",
+            "handle_connect",
+            "resume_writing",
+            "connection_lost",
+            "schedule_ping",
+            "send_keepalive_ping",
+        ),
         attributes=(
+            "conn",
+            "loop",
+            "ping_timer",
+            "ping_interval",
+            "last_ping_rtt",
             "queue",
             "writable",
             "request",
@@ -95,6 +108,12 @@ REQUIRED: tuple[Requirement, ...] = (
             "scope",
         ),
     ),
+    # websocket.RelayWebSocketProtocol swaps the websockets parser that holds the handshake.
+    Requirement(
+        "websockets.protocol", "Protocol", methods=("parse",), attributes=("parser", "reader")
+    ),
+    Requirement("websockets.protocol", "OPEN"),
+    Requirement("websockets.streams", "StreamReader", methods=("at_eof",), attributes=("buffer",)),
     Requirement("uvicorn._types", "ASGIReceiveEvent"),
     Requirement("uvicorn._types", "ASGISendEvent"),
     Requirement("uvicorn.config", "Config"),
@@ -103,10 +122,11 @@ REQUIRED: tuple[Requirement, ...] = (
 
 @cache
 def _assigned(cls: type) -> frozenset[str]:
-    """Names assigned as ``self.<name>`` anywhere in ``cls`` and its uvicorn bases."""
+    """Names assigned as ``self.<name>`` anywhere in ``cls`` and its bases of the same package."""
     names: set[str] = set()
+    package = cls.__module__.partition(".")[0]
     for klass in cls.__mro__:
-        if not klass.__module__.startswith("uvicorn"):
+        if klass.__module__.partition(".")[0] != package:
             continue
         tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
         for node in ast.walk(tree):
