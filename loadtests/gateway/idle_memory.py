@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import tracemalloc
 
 import uvloop
-
 from loadtests.bench.pool import WorkerPool, split
 from loadtests.bench.procstat import rss_kib
+
 from relay_gateway.testing import gateway_settings, run_gateway
 from relaycore.runtime import tune_gc
 from relaycore.testing import ValkeyProcess
@@ -46,11 +47,11 @@ async def measure(connections: int, trace: bool, top: int) -> None:
                 if trace:
                     tracemalloc.start(4)
                 before = tracemalloc.take_snapshot() if trace else None
-                rss_before = rss_kib(_pid())
+                rss_before = rss_kib(os.getpid())
                 ready = await _open(pool, url, "idle", connections)
                 await asyncio.sleep(2.0)
                 gc.collect()
-                rss_after = rss_kib(_pid())
+                rss_after = rss_kib(os.getpid())
                 after = tracemalloc.take_snapshot() if trace else None
                 per_conn = (rss_after - rss_before) / max(ready, 1)
                 print(
@@ -71,12 +72,6 @@ async def measure(connections: int, trace: bool, top: int) -> None:
                 await pool.all({"op": "close", "group": "idle"}, limit_s=120)
             finally:
                 await pool.stop()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 async def _open(pool: WorkerPool, url: str, group: str, total: int) -> int:
