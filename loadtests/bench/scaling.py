@@ -7,8 +7,9 @@ cores the CPU-normalised figure is the steadier one: it is what one worker does 
 1. **ingest**: ``wrk -t1 -c64`` single-message publishes (and 100-message batches, ``-c16``)
    against one ingest alone, then against every ingest at once → msgs/s per ingest process.
 2. **fan-out**: ``--subscribers`` WebSocket subscribers *per gateway* on one topic; a fixed-rate
-   publisher spread over every ingest steps up the rate until a step does not deliver every
-   message with p99 ≤ 100 ms → deliveries/s per gateway process, end-to-end p50/p99.
+   publisher spread over every ingest steps up the rate (a step that misses is tried twice)
+   while every message still arrives with p99 under 1 s → deliveries/s per gateway process,
+   end-to-end p50/p99; *sustained* marks steps with p99 ≤ 100 ms, as in ``make bench``.
 3. **connections**: ``--connections`` idle WebSockets per gateway, each subscribed, then
    WebSocket-pinged → held per gateway, RSS per connection.
 
@@ -191,7 +192,6 @@ async def run_fanout(
         if ready < subscribers:
             raise RuntimeError(f"gateway {index}: {ready}/{subscribers} subscribed: {answers}")
     ingests = [_Ingest(s.port) for s in deployment.ingest]
-    failures = 0
     for rate in rates:
         for _attempt in range(2):
             other = await settle(QUIET)
@@ -248,9 +248,9 @@ async def run_fanout(
             _log(lines[-1])
             if sustained:
                 break
-        else:
-            failures += 1
-        if failures:
+        # Shared cores make p99 noisy: keep stepping while everything still arrives on time
+        # (p99 under a second), so the table shows where delivery itself stops keeping up.
+        if not (delivered >= 100 and on_schedule and p99 <= 1000):
             break
     for index in range(len(gateways)):
         await pool.all({"op": "close", "group": f"g{index}"}, limit_s=120)
