@@ -28,6 +28,7 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import uvloop
 
-from relaycore.testing import Deployment, ValkeyProcess
+from relaycore.testing import Deployment, ServiceProcess, ValkeyProcess, descendants
 
 from .pool import WorkerPool, split
 from .procstat import MACHINE, CpuMeter, rss_kib
@@ -66,6 +67,15 @@ class _Ingest:
 
     def publish_body(self, topic: str, payload: bytes) -> bytes:
         return b'{"topic":"%s","payload":%s}' % (topic.encode(), payload)
+
+
+def _tree(name: str, service: ServiceProcess) -> dict[str, int]:
+    """CpuMeter entries for a service process and its workers (``RELAY_WORKERS`` > 1)."""
+    return {name: service.pid, **{f"{name}/{pid}": pid for pid in descendants(service.pid)}}
+
+
+def _cpu(used: dict[str, float], name: str) -> float:
+    return sum(v for k, v in used.items() if k == name or k.startswith(name + "/"))
 
 
 def _pct(cpu: float) -> str:
@@ -99,9 +109,10 @@ async def run_ingest(
         for count in sorted({1, len(deployment.ingest)}):
             targets = deployment.ingest[:count]
             other = await settle(QUIET)
-            meter = CpuMeter(
-                {**{f"i{n}": s.pid for n, s in enumerate(deployment.ingest)}, **extra_pids}
-            )
+            pids = dict(extra_pids)
+            for n, service in enumerate(deployment.ingest):
+                pids.update(_tree(f"i{n}", service))
+            meter = CpuMeter(pids)
             meter.start()
             children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             results = await asyncio.gather(
@@ -121,7 +132,7 @@ async def run_ingest(
                 for r, _ in results
                 for k in ("status_errors", "timeouts", "read_errors", "connect_errors")
             )
-            cpus = [used[f"i{n}"] for n in range(count)]
+            cpus = [_cpu(used, f"i{n}") for n in range(count)]
             per_cpu = sum(rates) / max(sum(cpus) / 100, 1e-9)
             p99 = max(r["p99_us"] for r, _ in results) / 1000
             # Valkey's own CPU is only known when the harness started it (the "valkey" key).
@@ -198,8 +209,12 @@ async def run_fanout(
             for index in range(len(gateways)):
                 await pool.all({"op": "reset", "group": f"g{index}"})
             pids = {
-                **{f"g{n}": s.pid for n, s in enumerate(gateways)},
-                **{f"i{n}": s.pid for n, s in enumerate(deployment.ingest)},
+                **{k: v for n, s in enumerate(gateways) for k, v in _tree(f"g{n}", s).items()},
+                **{
+                    k: v
+                    for n, s in enumerate(deployment.ingest)
+                    for k, v in _tree(f"i{n}", s).items()
+                },
                 **extra_pids,
                 "_publisher": os.getpid(),
                 **{f"_c{n}": pid for n, pid in enumerate(pool.pids)},
@@ -230,8 +245,8 @@ async def run_fanout(
             delivered = 100 * sum(counts) / max(expected * len(gateways), 1)
             p50 = max(lat.p50_ms for lat in latencies)
             p99 = max(lat.p99_ms for lat in latencies)
-            gateway_cpu = [used[f"g{n}"] for n in range(len(gateways))]
-            ingest_cpu = [used[f"i{n}"] for n in range(len(ingests))]
+            gateway_cpu = [_cpu(used, f"g{n}") for n in range(len(gateways))]
+            ingest_cpu = [_cpu(used, f"i{n}") for n in range(len(ingests))]
             clients = sum(v for k, v in used.items() if k.startswith(("_c", "_publisher")))
             per_gateway = [count / elapsed for count in counts]
             per_cpu = sum(per_gateway) / max(sum(gateway_cpu) / 100, 1e-9)
@@ -257,6 +272,10 @@ async def run_fanout(
     lines.append("")
 
 
+def _tree_rss(pid: int) -> int:
+    return sum(rss_kib(p) for p in (pid, *descendants(pid)))
+
+
 async def run_connections(
     deployment: Deployment, pool: WorkerPool, per_gateway: int, lines: list[str]
 ) -> None:
@@ -267,7 +286,7 @@ async def run_connections(
         "KiB per connection |",
         "|---|---|---|---|---|---|",
     ]
-    before = [rss_kib(s.pid) for s in deployment.gateway]
+    before = [_tree_rss(s.pid) for s in deployment.gateway]
     for index, service in enumerate(deployment.gateway):
         answers = await pool.each(
             [
@@ -290,7 +309,7 @@ async def run_connections(
         await asyncio.sleep(3)
         probes = await pool.all({"op": "probe", "group": f"idle{index}", "timeout": 20}, 60)
         held = sum(min(p["pongs"], p["open"]) for p in probes)
-        after = rss_kib(service.pid)
+        after = _tree_rss(service.pid)
         per = (after - before[index]) / max(held, 1)
         lines.append(
             f"| {index} | {subscribed} | {held} | {before[index] / 1024:.0f} | "
@@ -374,8 +393,22 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _interruptible(args: argparse.Namespace) -> int:
+    """``_main``, cancelled on SIGINT/SIGTERM so every process it started is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await _main(args)
+    except asyncio.CancelledError:
+        print("interrupted: stopped everything it started", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    return uvloop.run(_main(_parse(argv)))
+    return uvloop.run(_interruptible(_parse(argv)))
 
 
 if __name__ == "__main__":

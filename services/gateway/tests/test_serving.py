@@ -21,7 +21,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from relay_gateway.serving import SPAWNING_METHODS, GatewaySupervisor
 from relay_gateway.testing import WsClient
-from relaycore.testing import free_port
+from relaycore.testing import free_port, kill_tree
 
 from .test_main import gateway_env
 
@@ -149,8 +149,13 @@ async def test_two_workers_each_spread_their_1012_closes_over_the_drain_window(
         for client in clients:
             await client.connection.close()
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            # SIGTERM first: the supervisor stops its workers; SIGKILL to it alone would not.
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), GRACE + 5)
+            except TimeoutError:
+                kill_tree(process.pid)
+                await process.wait()
     assert [code for code, _ in results] == [1012] * len(clients)
     assert finished < GRACE
     assert exit_code == 0

@@ -4,7 +4,15 @@ Nothing here fakes Valkey: :class:`ValkeyProcess` runs the real ``valkey-server`
 :class:`Deployment` runs real ingest and gateway processes.
 """
 
-from relaycore.testing.deployment import Deployment, ServiceProcess
+from relaycore.testing.deployment import Deployment, ServiceProcess, descendants, kill_tree
 from relaycore.testing.servers import UvicornServer, ValkeyProcess, free_port
 
-__all__ = ["Deployment", "ServiceProcess", "UvicornServer", "ValkeyProcess", "free_port"]
+__all__ = [
+    "Deployment",
+    "ServiceProcess",
+    "UvicornServer",
+    "ValkeyProcess",
+    "descendants",
+    "free_port",
+    "kill_tree",
+]

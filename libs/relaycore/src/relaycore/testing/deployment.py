@@ -3,15 +3,17 @@
 What a production node (or a small deployment) runs: ``ingests`` ingest processes and
 ``gateways`` gateway processes, each on its own free port with ``RELAY_WORKERS=workers``, all
 sharing the Valkey at ``valkey_url`` (``cluster=True``: a Valkey Cluster, any node's URL).
-Tests and ``loadtests/scaling`` use it; the services run as ``python -m relay_ingest`` /
-``python -m relay_gateway`` exactly as deployed, never imported. Every process is stopped by
-its pid (SIGTERM, then SIGKILL after ``stop_timeout``), and its output goes to a log file in a
-temp dir, whose tail is shown when a process fails to become ready.
+Tests and ``python -m loadtests.bench.scaling`` use it; the services run as
+``python -m relay_ingest`` / ``python -m relay_gateway`` exactly as deployed, never imported.
+Every process is stopped by its pid (SIGTERM, then SIGKILL to it and its workers after
+``stop_timeout``), and its output goes to a log file in a temp dir, whose tail is shown when a
+process fails to become ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -26,7 +28,7 @@ from types import TracebackType
 
 from relaycore.testing.servers import free_port
 
-__all__ = ["Deployment", "ServiceProcess"]
+__all__ = ["Deployment", "ServiceProcess", "descendants", "kill_tree"]
 
 HOST = "127.0.0.1"
 
@@ -56,6 +58,24 @@ class ServiceProcess:
         return self.log.read_text(errors="replace")[-size:]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (e.g. the workers of a ``RELAY_WORKERS`` > 1 supervisor),
+    from /proc; empty once it is gone."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def _answers_ready(port: int) -> bool:
     request = f"GET /ready HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
     try:
@@ -64,6 +84,14 @@ def _answers_ready(port: int) -> bool:
             return sock.recv(16).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it, children first: killing a supervisor alone
+    would leave its workers running, orphaned."""
+    for process in [*reversed(descendants(pid)), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
 
 
 @dataclass
@@ -155,7 +183,7 @@ class Deployment:
             try:
                 await asyncio.wait_for(service.process.wait(), self.stop_timeout)
             except TimeoutError:
-                service.process.kill()
+                kill_tree(service.pid)
                 await service.process.wait()
         self.ingest.clear()
         self.gateway.clear()
