@@ -82,6 +82,7 @@ def _owner_of_peer_ports(workers: list[int], server_port: int) -> dict[int, int]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(150)  # two spawned workers start slowly on busy shared cores
 async def test_two_workers_each_spread_their_1012_closes_over_the_drain_window(
     valkey_url: str, topic: str
 ) -> None:
