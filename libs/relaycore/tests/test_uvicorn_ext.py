@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -9,11 +10,13 @@ from pathlib import Path
 import pytest
 import structlog
 from packaging.specifiers import SpecifierSet
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 import relaycore.uvicorn_ext as uvicorn_ext
 from relaycore.uvicorn_ext import server_protocols
 from relaycore.uvicorn_ext.internals import REQUIRED, Requirement, missing
 from relaycore.uvicorn_ext.responses import ACCESS_LOG_FORMAT
+from relaycore.uvicorn_ext.supervisor import SPAWNING_METHODS, Supervisor
 
 ROOT = Path(__file__).resolve().parents[3]
 HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
@@ -83,3 +86,22 @@ def test_a_changed_uvicorn_falls_back_to_its_own_protocols(monkeypatch: pytest.M
     assert (ingest.http, ingest.ws, ingest.extended) == ("httptools", "none", False)
     warned = [e["missing"] for e in events if e["event"] == "uvicorn_internals_changed"]
     assert warned == [gone, gone]
+
+
+def test_uvicorn_supervisor_internals_are_the_ones_the_supervisor_overrides() -> None:
+    # Tested with uvicorn 0.54; a newer one must be checked against serving.py before use.
+    major, minor = (int(part) for part in version("uvicorn").split(".")[:2])
+    assert (major, minor) == (0, 54), (
+        "re-check relaycore.uvicorn_ext.supervisor against this uvicorn"
+    )
+    spawning = {
+        name
+        for name, method in inspect.getmembers(Multiprocess, inspect.isfunction)
+        if "Process(" in inspect.getsource(method)
+    }
+    assert spawning == set(SPAWNING_METHODS)
+    for name in SPAWNING_METHODS:
+        assert name in Supervisor.__dict__, name
+    # The child runs Process.target, which builds Process.server lazily from _server.
+    assert "self.server.run(sockets)" in inspect.getsource(Process.target)
+    assert "self._server is None" in inspect.getsource(Process.server.fget)  # type: ignore[attr-defined]  # a property

@@ -8,6 +8,8 @@ Both services' fastest paths are uvicorn protocol subclasses, one module per con
   answers written straight to waiting requests (gateway);
 - :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
   encoded once and written straight to each transport (gateway);
+- :mod:`~relaycore.uvicorn_ext.supervisor`: uvicorn's multi-process supervisor with workers
+  that run a server of the service's making (the gateway's staged shutdown in every worker);
 - :mod:`~relaycore.uvicorn_ext.internals`: every uvicorn internal those rely on, checked.
 
 The app side sees only the pure modules :mod:`relaycore.frames` and :mod:`relaycore.prepared`
