@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from relaycore.settings import Settings, parse_duration
+from relaycore.settings import Settings
 from relaycore.testing.servers import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
+from relaycore.values import parse_duration
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"

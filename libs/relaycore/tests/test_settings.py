@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relaycore.settings import ConfigError, RateLimit, Settings, parse_duration, parse_size
+from relaycore.settings import ConfigError, RateLimit, Settings
+from relaycore.values import parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

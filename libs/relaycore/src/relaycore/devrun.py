@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relaycore.embedded import port_is_free
-from relaycore.settings import ConfigError, Settings, parse_port
+from relaycore.settings import ConfigError, Settings
+from relaycore.values import parse_port
 
 __all__ = [
     "DevProcess",

@@ -9,10 +9,10 @@ the first matching rule wins; topics no rule matches get the defaults. Example::
 
 Topic names may contain ``:``, so a rule splits at its *last* ``:`` (options never contain one).
 
-A pure data module. Settings parse the rules at start (an invalid rule stops the process;
-``relaycore.settings`` imports this module lazily, since the value parsers live there), and
-ingest asks :class:`RetentionPolicy` per topic. Resolving walks the rules once per topic; the
-answer is cached (bounded, least recently used first out), so the write path pays a dict lookup.
+A pure data module (it needs only :mod:`relaycore.values`). Settings parse the rules at start
+(an invalid rule stops the process), and ingest asks :class:`RetentionPolicy` per topic.
+Resolving walks the rules once per topic; the answer is cached (bounded, least recently used
+first out), so the write path pays a dict lookup.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from relaycore.settings import parse_duration
+from relaycore.values import parse_duration
 
 __all__ = ["Retention", "RetentionPolicy", "RetentionRule", "parse_retention_rules"]
 

@@ -12,15 +12,14 @@ sizes ``65536``, ``64KiB``, ``1MiB``; lists comma-separated; booleans ``true/fal
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from relaycore.retention import RetentionRule
+from relaycore.retention import RetentionRule, parse_retention_rules
+from relaycore.values import parse_bool, parse_duration, parse_list, parse_port, parse_size
 
-__all__ = ["ConfigError", "RateLimit", "Settings", "parse_bool", "parse_duration", "parse_size"]
+__all__ = ["ConfigError", "RateLimit", "Settings"]
 
 PREFIX = "RELAY_"
 
@@ -33,53 +32,6 @@ class ConfigError(ValueError):
         self.value = value
         self.reason = reason
         super().__init__(f"invalid configuration: {variable}={value!r}: {reason}")
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
-_SIZE_UNITS = {
-    None: 1, "B": 1,
-    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
-    "k": 1024, "K": 1024, "M": 1024**2, "G": 1024**3,
-    "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-}  # fmt: skip
-
-
-def parse_duration(text: str) -> float:
-    """``500ms`` / ``2s`` / ``10m`` / ``24h`` / ``1d`` / bare seconds → seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError("expected a duration such as 500ms, 2s, 10m, 24h or a number of seconds")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def parse_size(text: str) -> int:
-    """``65536`` / ``64KiB`` / ``1MiB`` → bytes."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError("expected a size such as 65536, 64KiB or 1MiB")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError("expected true, false, 1 or 0")
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def parse_port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("expected a TCP port between 0 and 65535")
-    return port
 
 
 def _positive_int(text: str) -> int:
@@ -107,9 +59,6 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _retention_rules(text: str) -> tuple[RetentionRule, ...]:
-    # Imported here: relaycore.retention uses this module's value parsers.
-    from relaycore.retention import parse_retention_rules
-
     return parse_retention_rules(text)
 
 

@@ -13,6 +13,7 @@ the seam between "nothing yet" and "a message arrived" cannot lose one.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import NamedTuple
 
 from starlette.requests import Request
@@ -47,7 +48,7 @@ __all__ = [
     "poll_query",
 ]
 
-# Validated query strings kept per gateway; the cache is emptied when it reaches this size.
+# Validated query strings kept per process (least recently used first out).
 QUERY_CACHE_SIZE = 256
 
 DEFAULT_TIMEOUT = 25.0
@@ -214,29 +215,25 @@ class PollQuery(NamedTuple):
     limit: int
 
 
-def poll_query(state: GatewayState, raw: bytes) -> PollQuery:
+@functools.lru_cache(maxsize=QUERY_CACHE_SIZE)
+def poll_query(raw: bytes) -> PollQuery:
     """The validated parameters of query string ``raw`` (422 :class:`ApiError` when invalid).
 
     Polls caught up on one topic send the very same query string (same topic, same cursor), so
-    the validated result is kept per string: a dictionary hit instead of splitting and four
-    pattern checks per request. Only valid strings are kept, at most ``QUERY_CACHE_SIZE``.
+    the validated result is kept per string: a cache hit instead of splitting and four pattern
+    checks per request. Validation depends on nothing but the string, so one cache serves the
+    process; only valid strings are kept (an error is raised, not cached), at most
+    ``QUERY_CACHE_SIZE``, least recently used first out.
     """
-    cache = state.poll_queries
-    parsed = cache.get(raw)
-    if parsed is None:
-        query = parse_query(raw)
-        since = query.get("since")
-        parsed = PollQuery(
-            topic_param(query),
-            since,
-            cursor_param("since", since),
-            number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT),
-            integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        )
-        if len(cache) >= QUERY_CACHE_SIZE:
-            cache.clear()
-        cache[raw] = parsed
-    return parsed
+    query = parse_query(raw)
+    since = query.get("since")
+    return PollQuery(
+        topic_param(query),
+        since,
+        cursor_param("since", since),
+        number_param(query, "timeout", DEFAULT_TIMEOUT, 0.0, MAX_TIMEOUT),
+        integer_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+    )
 
 
 def prepared_answer(topic: Topic, messages: list[Message]) -> PreparedResponse:
@@ -284,7 +281,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
     state = gateway_state(request)
     if state.drain.draining:
         raise draining()
-    name, since, cursor, timeout, limit = poll_query(state, request.scope["query_string"])
+    name, since, cursor, timeout, limit = poll_query(request.scope["query_string"])
     check_access(state, request, name)
     hub = state.hub
     try:

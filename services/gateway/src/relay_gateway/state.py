@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
@@ -14,9 +13,6 @@ from relay_gateway.shutdown import Drain
 from relaycore.auth import Authenticator, Principal, bearer_token
 from relaycore.settings import Settings
 from relaycore.valkey import ValkeyClient
-
-if TYPE_CHECKING:
-    from relay_gateway.longpoll import PollQuery
 
 __all__ = ["GatewayState", "authenticate", "credentials", "gateway_state"]
 
@@ -30,8 +26,6 @@ class GatewayState:
     metrics: GatewayMetrics
     auth: Authenticator
     drain: Drain
-    # Validated long-poll query strings (relay_gateway.longpoll.poll_query), bounded there.
-    poll_queries: dict[bytes, PollQuery] = field(default_factory=dict)
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:
