@@ -26,6 +26,7 @@ class Seen:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     reconnects: int = 0
     unavailable: int = 0
+    subscribed: list[tuple[float, int]] = field(default_factory=list)  # (when, gateway index)
 
     @property
     def last(self) -> str:
@@ -100,11 +101,14 @@ def _payload_of(event: dict[str, Any]) -> Any:
     return event.get("payload")
 
 
-async def consume_ws(ws_url: str, topic: str, seen: Seen, stop: asyncio.Event) -> None:
-    """Subscribe from ``seen.cursor``; on a drop, reconnect and resume from the last id."""
+async def consume_ws(ws_urls: str | list[str], topic: str, seen: Seen, stop: asyncio.Event) -> None:
+    """Subscribe from ``seen.cursor``; on a drop, reconnect (to the next gateway of ``ws_urls``)
+    and resume from the last id received."""
+    urls = [ws_urls] if isinstance(ws_urls, str) else ws_urls
+    current = 0
     while not stop.is_set():
         try:
-            async with websockets.connect(ws_url + "/api/v1/ws", compression=None) as ws:
+            async with websockets.connect(urls[current] + "/api/v1/ws", compression=None) as ws:
                 frame = {"op": "subscribe", "topic": topic, "since": seen.last, "req": 1}
                 await ws.send(msgspec.json.encode(frame).decode())
                 while not stop.is_set():
@@ -114,13 +118,16 @@ async def consume_ws(ws_url: str, topic: str, seen: Seen, stop: asyncio.Event) -
                             event = msgspec.json.decode(line)
                             if event["op"] == "message":
                                 seen.add(event["id"], _payload_of(event))
+                            elif event["op"] == "subscribed":
+                                seen.subscribed.append((time.monotonic(), current))
                             elif event["op"] == "gap":
                                 seen.gaps.append(event)
                             elif event["op"] == "error":
                                 seen.unavailable += 1
-        except (OSError, websockets.ConnectionClosed):
+        except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake):
             seen.reconnects += 1
-            await asyncio.sleep(0.1)
+            current = (current + 1) % len(urls)
+            await asyncio.sleep(0.05)
 
 
 async def consume_sse(url: str, topic: str, seen: Seen, stop: asyncio.Event) -> None:
