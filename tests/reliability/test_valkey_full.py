@@ -25,7 +25,6 @@ def info_field(info: bytes, name: str) -> int:
     raise AssertionError(f"{name} not in INFO")
 
 
-@pytest.mark.reliability
 @pytest.mark.timeout(90)
 async def test_full_valkey_is_503_evicts_nothing_and_recovers(services: list[Service]) -> None:
     topic = "full"
