@@ -184,6 +184,11 @@ def measure(mode: str, seconds: float) -> Row:
             row.batch_rate, row.batch_p99, bad = run_wrk(BATCH_LUA, port, 16, seconds, batch_env)
             if bad:
                 row.errors.append(f"batch: {bad} answers other than 201")
+            # Any outage ingest saw during the rate runs (timeouts on a loaded machine) is
+            # reported: those 503s are part of the figures.
+            for line in (Path(data) / "ingest.log").read_text(errors="replace").splitlines():
+                if "valkey_unavailable" in line or "valkey_unreachable" in line:
+                    row.errors.append(f"ingest log: {line[:300]}")
             asyncio.run(measure_loss(valkey, port, row))
         finally:
             ingest.terminate()

@@ -4,6 +4,7 @@ idle connection is not an outage, a restart is seen again."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 from relaycore.liveness import ServerWatch
@@ -66,3 +67,16 @@ async def test_nothing_listening_is_down_from_the_start() -> None:
         assert not await watch.wait_up(0.3)
         assert len(lost) == 1
         watch.close()
+
+
+async def test_a_stopped_server_is_slow_not_unreachable(valkey_process: ValkeyProcess) -> None:
+    """SIGSTOP: the kernel still accepts connections, so a stall is waited for, not refused."""
+    assert valkey_process.process is not None
+    watch = ServerWatch(valkey_process.host, valkey_process.port, timeout=0.3)
+    valkey_process.process.send_signal(signal.SIGSTOP)
+    try:
+        assert await watch.reachable()
+    finally:
+        valkey_process.process.send_signal(signal.SIGCONT)
+    valkey_process.stop()
+    assert not await watch.reachable()

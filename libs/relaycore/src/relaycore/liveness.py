@@ -13,7 +13,8 @@ fresh connection attempt, refused at once by a dead server, tells an outage from
 only dropped this idle client (``timeout``, ``CLIENT KILL``). It then reports ``on_lost`` and
 tries to connect again every ``retry_interval``; :attr:`up` turns true when the server answers.
 A host that vanished without closing anything (a partition) sends no EOF: for that,
-:meth:`reachable` is a fresh connect the caller can run when a request has stalled.
+:meth:`reachable` is a fresh TCP connect the caller can run when a request has stalled (a
+server that is only slow still completes it).
 
 Standalone servers only: on a cluster, one unreachable node must not make the others look down.
 """
@@ -92,11 +93,17 @@ class ServerWatch:
             # EOF: connect again at once; only a failed attempt is an outage (see module doc).
 
     async def reachable(self) -> bool:
-        """Whether a fresh connection is accepted and answered within the timeout."""
-        connection = await self._connect()
-        if connection is None:
+        """Whether a fresh TCP connection is accepted within the timeout.
+
+        Only the handshake counts, which the kernel completes even for a server that is busy
+        (or stopped): a slow server is not an outage, only an unreachable one is.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+        except (OSError, TimeoutError):
             return False
-        connection[1].close()
+        writer.close()
         return True
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
