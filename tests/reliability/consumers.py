@@ -45,7 +45,11 @@ class Published:
     refused: set[int] = field(default_factory=set)  # answered 503
     slow_refusals: int = 0  # 503s that took longer than 250 ms
     other: list[tuple[int, int]] = field(default_factory=list)  # (status, n): must stay empty
-    singles: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # how long the producers ran
+
+    @property
+    def attempted(self) -> int:
+        return len(self.acked) + len(self.refused) + len(self.other)
 
     def record(self, numbers: list[int], response: httpx.Response, elapsed: float) -> None:
         if response.status_code == 201:
@@ -63,10 +67,13 @@ class Published:
 async def produce(
     url: str, topic: str, rate: float, stop: asyncio.Event, published: Published, *, workers: int
 ) -> None:
-    """About ``rate`` messages/s: batches of 10 from ``workers`` - 1 tasks, singles from one."""
+    """About ``rate`` messages/s: 80% in batches of 10 from ``workers`` tasks, 20% single
+    publishes from ``workers`` // 2 more (several, so that slow answers on a loaded machine
+    do not lower the rate much)."""
     counter = iter(range(10**9))
-    batch_interval = 10 * (workers - 1) / (rate * 0.8)
-    single_interval = 1 / (rate * 0.2)
+    batch_interval = 10 * workers / (rate * 0.8)
+    single_workers = max(1, workers // 2)
+    single_interval = single_workers / (rate * 0.2)
 
     async def batches(http: httpx.AsyncClient) -> None:
         while not stop.is_set():
@@ -88,13 +95,16 @@ async def produce(
             await asyncio.sleep(max(0.0, single_interval - (time.monotonic() - started)))
 
     limits = httpx.Limits(max_connections=workers * 2)
+    started = time.monotonic()
     async with (
         httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as http,
         asyncio.TaskGroup() as tasks,
     ):
-        for _ in range(workers - 1):
+        for _ in range(workers):
             tasks.create_task(batches(http))
-        tasks.create_task(singles(http))
+        for _ in range(single_workers):
+            tasks.create_task(singles(http))
+    published.seconds = time.monotonic() - started
 
 
 def _payload_of(event: dict[str, Any]) -> Any:
