@@ -252,6 +252,19 @@ def main() -> None:
             rounds[mode].append(row)
     rows = [combine(rounds[mode]) for mode in modes]
     text = table(rows)
+    if "always" in rounds and "everysec" in rounds:
+        # Each round's modes ran minutes apart under similar load: the per-round ratio is the
+        # steadier figure on a shared machine.
+        ratios = [
+            a.batch_rate / e.batch_rate
+            for a, e in zip(rounds["always"], rounds["everysec"], strict=True)
+            if e.batch_rate
+        ]
+        text += (
+            " Per round: "
+            + ", ".join(f"{r:.0%}" for r in ratios)
+            + f" (median {statistics.median(ratios):.0%})."
+        )
     header = (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {os.cpu_count()} cores, "
         f"{args.rounds} round(s) of {args.seconds:.0f} s wrk runs per mode, "
