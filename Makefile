@@ -9,7 +9,7 @@ SHELL := /bin/bash
 UV = $(shell command -v uv 2>/dev/null || { test -x .tools/bin/uv && echo .tools/bin/uv; } || echo "python3 -m uv")
 export UV_PYTHON ?= python3.11
 
-.PHONY: help install run test lint typecheck fmt check clean bench loadtest
+.PHONY: help install run test test-reliability lint typecheck fmt check clean bench loadtest durability
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,8 +28,11 @@ install: bootstrap ## Create .venv from uv.lock (bootstraps uv with pip when mis
 run: install ## Start embedded Valkey + ingest (:8080) + gateway (:8081); Ctrl-C stops all
 	@$(UV) run --frozen python -m relaycore.devrun
 
-test: install ## Run the whole test suite against real Valkey processes
+test: install ## Run the whole test suite against real Valkey processes (fault tests included)
 	@$(UV) run --frozen pytest
+
+test-reliability: install ## Only the fault tests: kill -9 Valkey / a gateway under load (~2 min)
+	@$(UV) run --frozen pytest -m reliability
 
 lint: install ## Ruff lint and format check
 	@$(UV) run --frozen ruff check .
@@ -46,6 +49,9 @@ check: lint typecheck test ## lint + typecheck + test
 
 bench: install ## Relay vs nchan side by side (installs nginx-light+nchan+wrk if missing); <10 min
 	@$(UV) run --frozen python -m loadtests.bench $(BENCH_ARGS)
+
+durability: install ## Publish msgs/s + p99 per appendfsync mode and messages lost to kill -9 (~3 min)
+	@$(UV) run --frozen python -m loadtests.durability $(DURABILITY_ARGS)
 
 loadtest: install ## Short headless locust run against a stack it starts; prints locust's summary
 	@$(UV) run --frozen python -m loadtests.bench.loadtest $(LOADTEST_ARGS)

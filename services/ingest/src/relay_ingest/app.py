@@ -31,6 +31,7 @@ from relay_ingest.spans import PublishSpans
 from relay_ingest.state import IngestState
 from relaycore.auth import Authenticator
 from relaycore.http import cors_middleware, exception_handlers
+from relaycore.liveness import ServerWatch
 from relaycore.logging import get_logger
 from relaycore.retention import RetentionPolicy
 from relaycore.settings import Settings
@@ -75,8 +76,20 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             # so without the function). Runs only once the flusher does, after `publisher` exists.
             await publisher.load_functions()
 
+        dsn = ValkeyDsn.from_dsn(settings.valkey_url)
+        # Standalone only: on a cluster one dead node must not refuse every topic's publishes
+        # (there, a dead node is noticed through GLIDE's errors and timeouts alone). An injected
+        # client may point anywhere: it is trusted as it is.
+        watch = (
+            None
+            if settings.valkey_cluster or valkey is not None
+            else ServerWatch(
+                dsn.host, dsn.port, tls=dsn.tls, on_lost=lambda reason: pipeline.mark_down(reason)
+            )
+        )
         pipeline = Pipeline(
             client,
+            watch=watch,
             max_commands=settings.publish_pipeline_size,
             queue_limit=settings.publish_queue_limit,
             metrics=metrics,

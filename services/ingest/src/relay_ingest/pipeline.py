@@ -21,6 +21,16 @@ operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instea
 out the request timeout, and the flusher probes with PING until Valkey answers again, then runs
 ``on_recover`` (e.g. reloading the publish function after a restart without data) and resumes.
 ``on_recover`` also runs once when the flusher starts.
+
+GLIDE itself reports a dead server only when a command times out, so with a
+:class:`~relaycore.liveness.ServerWatch` (standalone Valkey) the pipeline learns it sooner: the
+watch's idle connection reads EOF the moment the server process dies, and a batch in flight for
+longer than ``stall_check`` makes the pipeline try a fresh connection (a host that vanished
+without closing anything). Either way, what is *queued* (never sent) fails at once and new
+operations are refused; the batch already handed to GLIDE keeps waiting for its answer up to
+the request timeout, because its outcome is unknown: Valkey may have written it before dying,
+and GLIDE may still send it once it reconnects. While down, the flusher waits for the watch to
+see the server answer before it PINGs through GLIDE, so no probe waits out a timeout either.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from glide import (
 from glide import ConnectionError as GlideConnectionError
 from glide import TimeoutError as GlideTimeoutError
 
+from relaycore.liveness import ServerWatch
 from relaycore.logging import get_logger
 from relaycore.metrics import CommonMetrics
 from relaycore.valkey import ValkeyClient
@@ -95,6 +106,8 @@ class Pipeline:
         metrics: CommonMetrics | None = None,
         on_recover: Callable[[], Awaitable[None]] | None = None,
         observe_batch: Callable[[int], None] | None = None,
+        watch: ServerWatch | None = None,
+        stall_check: float = 0.2,
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, GlideClusterClient)
@@ -104,6 +117,8 @@ class Pipeline:
         self._metrics = metrics
         self._on_recover = on_recover
         self._observe_batch = observe_batch
+        self._watch = watch
+        self._stall_check = stall_check
         self._pending: list[Queued] = []
         self._pending_commands = 0
         self._wakeup = asyncio.Event()
@@ -170,8 +185,32 @@ class Pipeline:
         self._closing.set()
         self._wakeup.set()
 
+    def mark_down(self, reason: str) -> None:
+        """The server is known to be gone: fail what is queued, refuse new operations.
+
+        What is in flight keeps waiting for GLIDE's answer (its outcome is unknown).
+        """
+        if self._closing.is_set() and not self._pending:
+            return
+        self._mark_unavailable(ConnectionError(reason))
+        self._fail_pending(Unavailable("storage is unavailable"))
+        self._wakeup.set()  # an idle flusher must start probing: nothing else will wake it
+
     async def run(self) -> None:
-        """The flusher: one batch in flight at a time, until closed and drained."""
+        """The flusher (and the server watch, if any) until closed and drained."""
+        if self._watch is None:
+            await self._run_flusher()
+            return
+        watch = self._watch
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(watch.run(), name="relay-valkey-watch")
+            try:
+                await self._run_flusher()
+            finally:
+                watch.close()
+
+    async def _run_flusher(self) -> None:
+        """One batch in flight at a time, until closed and drained."""
         try:
             await self._warm_up()
             while True:
@@ -224,7 +263,7 @@ class Pipeline:
             self._observe_batch(commands)
         try:
             # The cluster client routes each command of a non-atomic batch to its slot's node.
-            results = await self._client.exec(batch, raise_on_error=False)
+            results = await self._sent(self._client.exec(batch, raise_on_error=False))
         except GlideError as error:
             # A command the server refuses comes back in the results; an exception means the
             # batch as a whole failed: no connection (GLIDE raises a plain RequestError for a
@@ -244,6 +283,24 @@ class Pipeline:
             if not operation.future.done():
                 operation.future.set_result(results[offset:end])
             offset = end
+
+    async def _sent(self, request: Awaitable[Any]) -> Any:
+        """Await a round trip; while it stalls, check the server is still reachable."""
+        if self._watch is None:
+            return await request
+        sending = asyncio.ensure_future(request)
+        try:
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=self._stall_check)
+                if done:
+                    return sending.result()
+                if self._available and not await self._watch.reachable():
+                    self.mark_down("valkey stopped answering new connections")
+        finally:
+            if not sending.done():  # the flusher was cancelled: do not leave the request behind
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, GlideError):
+                    await sending
 
     def _mark_unavailable(self, error: BaseException) -> None:
         self._count_error()
@@ -271,6 +328,10 @@ class Pipeline:
     async def _probe(self) -> None:
         """PING until Valkey answers (then ``on_recover``), or until closed."""
         while not self._closing.is_set():
+            if self._watch is not None and not await self._watch.wait_up(self._probe_interval):
+                # Not even a raw connection is answered: no GLIDE PING would be either.
+                self._fail_pending(Unavailable("storage is unavailable"))
+                continue
             try:
                 await self._client.ping()
                 if self._on_recover is not None:
