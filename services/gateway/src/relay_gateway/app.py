@@ -49,6 +49,8 @@ from relaycore.http import (
     exception_handlers,
     openapi_document,
 )
+from relaycore.ids import CURSOR_PATTERN
+from relaycore.keys import TOPIC_PATTERN
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import Envelope, ErrorBody
 from relaycore.settings import Settings
@@ -87,8 +89,9 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
             "schema": schema}  # fmt: skip
 
 
-_TOPIC = _query("topic", "Topic name", {"type": "string"}, required=True)
-_SINCE = _query("since", "Cursor: a message id, or a millisecond timestamp", {"type": "string"})
+_TOPIC = _query("topic", "Topic name", {"type": "string", "pattern": TOPIC_PATTERN}, required=True)
+_SINCE = _query("since", "Cursor: a message id, or a millisecond timestamp",
+                {"type": "string", "pattern": CURSOR_PATTERN})  # fmt: skip
 _ERRORS = {
     str(status): {"description": text, "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/ErrorBody"}}}}
