@@ -21,6 +21,7 @@ from relay_gateway.app import create_app
 from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
 from relay_gateway.wsframes import RelayWebSocketProtocol
+from relaycore import httpprotocol
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
@@ -50,6 +51,9 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "proxy_headers": True,
         # Like ingest: no server banner in responses.
         "server_header": False,
+        # HTTPS/WSS when RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE are set (checked in settings).
+        "ssl_certfile": settings.tls_cert_file or None,
+        "ssl_keyfile": settings.tls_key_file or None,
     }
 
 
@@ -60,6 +64,7 @@ def app_from_env() -> object:
         settings.log_level, settings.log_format, access_log=settings.access_log
     )
     redact.install()
+    httpprotocol.configure(header_timeout=settings.http_header_timeout)
     app = create_app(settings)
     tune_gc()
     return app
@@ -75,6 +80,7 @@ def main() -> None:
         settings.log_level, settings.log_format, access_log=settings.access_log
     )
     redact.install()
+    httpprotocol.configure(header_timeout=settings.http_header_timeout)
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Worker processes build their own app; uvicorn's shutdown closes WebSockets with 1012

@@ -231,7 +231,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        dsn = ValkeyDsn.from_dsn(settings.valkey_url)
+        dsn = ValkeyDsn.from_settings(settings)
         cluster = settings.valkey_cluster
         timeout = settings.valkey_timeout
         client = valkey or await create_client(

@@ -14,6 +14,7 @@ from typing import NoReturn
 import uvicorn
 from starlette.applications import Starlette
 
+from relaycore import httpprotocol
 from relaycore.auth import Authenticator
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
@@ -68,6 +69,7 @@ def app_from_environment() -> Starlette:
 
     settings = load_settings()
     _configure_logging(settings)
+    httpprotocol.configure(header_timeout=settings.http_header_timeout)
     app = create_app(settings)
     tune_gc()
     return app
@@ -80,6 +82,7 @@ def main() -> None:
     from relaycore.httpprotocol import CoalescingHttpToolsProtocol
 
     _configure_logging(settings)
+    httpprotocol.configure(header_timeout=settings.http_header_timeout)
     many = settings.workers > 1
     # Several workers need an import string: each process builds its own app (and tunes its
     # own collector, in app_from_environment).
@@ -102,6 +105,9 @@ def main() -> None:
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+        # HTTPS when RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE are set (checked in settings).
+        ssl_certfile=settings.tls_cert_file or None,
+        ssl_keyfile=settings.tls_key_file or None,
     )
 
 
