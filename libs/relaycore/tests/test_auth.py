@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
+import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -24,6 +27,7 @@ from relaycore.auth import (
     pattern_matches,
 )
 from relaycore.settings import Settings
+from relaycore.testing.services import ServiceProcess
 
 SECRET = "a-test-secret-long-enough-for-hs256-and-hs512-" + "x" * 32
 
@@ -290,3 +294,70 @@ def test_jwks_size_and_duplicate_kids_are_bounded(
         )
         with pytest.raises(ValueError, match=message):
             Authenticator.from_settings(settings)
+
+
+@pytest.mark.timeout(90)
+async def test_forged_tokens_are_refused_by_both_services(
+    valkey_url: str, topic: str, tmp_path: Path
+) -> None:
+    """The real processes with RS256 from a JWKS file plus an HS256 secret (the mixed setup
+    where confusion bites): forged tokens get 401 on publish and poll and close 4401 on the
+    WebSocket; the genuine token works."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "main"}
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    env = {
+        "VALKEY_URL": valkey_url,
+        "AUTH": "jwt",
+        "JWT_ALGORITHMS": "HS256,RS256",
+        "JWT_SECRET": SECRET,
+        "JWT_JWKS_FILE": str(tmp_path / "jwks.json"),
+        "SHUTDOWN_GRACE": "3s",
+        "SHUTDOWN_DRAIN": "1s",
+    }
+    claims = {"sub": "mallory", "exp": time.time() + 600,
+              "topics": {"publish": ["*"], "subscribe": ["*"]}}  # fmt: skip
+    genuine = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "main"})
+    forged = {
+        "HS256 keyed with the JWK text": forge_hs256(claims, json.dumps(jwk).encode(), kid="main"),
+        "HS256 keyed with the public PEM": forge_hs256(claims, pem),
+        "alg none": unsigned(claims, kid="main"),
+        "unknown kid": forge_hs256(claims, SECRET.encode(), kid="other"),
+        "oversized kid": forge_hs256(claims, SECRET.encode(), kid="k" * 2000),
+    }
+    with ServiceProcess("ingest", **env) as ingest, ServiceProcess("gateway", **env) as gateway:
+        async with (
+            httpx.AsyncClient(base_url=ingest.url) as producer,
+            httpx.AsyncClient(base_url=gateway.url) as consumer,
+        ):
+            for name, bad in forged.items():
+                headers = {"Authorization": f"Bearer {bad}"}
+                published = await producer.post(
+                    "/api/v1/messages", json={"topic": topic, "payload": 1}, headers=headers
+                )
+                assert published.status_code == 401, (name, published.text)
+                polled = await consumer.get(
+                    "/api/v1/poll", params={"topic": topic, "timeout": "0", "token": bad}
+                )
+                assert polled.status_code == 401, (name, polled.text)
+                async with websockets.connect(
+                    gateway.ws_url + "/api/v1/ws", additional_headers=headers
+                ) as ws:
+                    error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert error["op"] == "error"
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await asyncio.wait_for(ws.recv(), 10)
+                    assert closed.value.rcvd is not None
+                    assert closed.value.rcvd.code == 4401, name
+            good = {"Authorization": f"Bearer {genuine}"}
+            published = await producer.post(
+                "/api/v1/messages", json={"topic": topic, "payload": 1}, headers=good
+            )
+            assert published.status_code == 201, published.text
+            polled = await consumer.get(
+                "/api/v1/poll", params={"topic": topic, "since": "0", "timeout": "0"}, headers=good
+            )
+            assert [m["id"] for m in polled.json()["messages"]] == [published.json()["id"]]
