@@ -7,6 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -361,3 +364,21 @@ async def test_forged_tokens_are_refused_by_both_services(
                 "/api/v1/poll", params={"topic": topic, "since": "0", "timeout": "0"}, headers=good
             )
             assert [m["id"] for m in polled.json()["messages"]] == [published.json()["id"]]
+
+
+@pytest.mark.parametrize("module", ["relay_ingest", "relay_gateway"])
+def test_an_unusable_jwks_file_stops_either_service_with_one_line(
+    tmp_path: Path, module: str
+) -> None:
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_AUTH="jwt", RELAY_JWT_ALGORITHMS="RS256",
+               RELAY_JWT_JWKS_FILE=str(tmp_path / "jwks.json"))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "RELAY_JWT_JWKS_FILE" in lines[0]
+    assert "oct" in lines[0]

@@ -21,6 +21,7 @@ Hardening, beyond PyJWT's own checks:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 
 import jwt
 
-from relaycore.settings import Settings
+from relaycore.settings import ConfigError, Settings
 
 __all__ = [
     "ANONYMOUS",
@@ -38,6 +39,7 @@ __all__ = [
     "Authenticator",
     "Principal",
     "bearer_token",
+    "check_key_files",
     "pattern_matches",
 ]
 
@@ -248,3 +250,22 @@ class Authenticator:
             except jwt.PyJWTError as error:
                 raise AuthError(f"invalid token: {error}") from None
         raise AuthError(f"invalid token: {last_error}")
+
+
+def check_key_files(settings: Settings) -> None:
+    """Load each configured key file on its own; raise :class:`ConfigError` naming the variable
+    of one that does not load (unreadable, bad JSON or PEM, a JWKS over its bounds)."""
+    if settings.auth != "jwt":
+        return
+    alone = dataclasses.replace(settings, jwt_secret="", jwt_public_key_file="", jwt_jwks_file="")
+    for variable, field_name in (
+        ("RELAY_JWT_PUBLIC_KEY_FILE", "jwt_public_key_file"),
+        ("RELAY_JWT_JWKS_FILE", "jwt_jwks_file"),
+    ):
+        path = getattr(settings, field_name)
+        if not path:
+            continue
+        try:
+            Authenticator.from_settings(dataclasses.replace(alone, **{field_name: path}))
+        except Exception as error:  # unreadable file, bad JSON, bad key: all a config error
+            raise ConfigError(variable, path, str(error)) from None

@@ -22,6 +22,7 @@ from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
 from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore import httpprotocol
+from relaycore.auth import check_key_files
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
@@ -73,6 +74,7 @@ def app_from_env() -> object:
 def main() -> None:
     try:
         settings = Settings.from_env(os.environ)
+        check_key_files(settings)
     except ConfigError as error:
         print(f"relay-gateway: {error}", file=sys.stderr)
         sys.exit(1)

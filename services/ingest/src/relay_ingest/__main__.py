@@ -6,7 +6,6 @@ line on stderr naming the variable.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import NoReturn
@@ -15,7 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from relaycore import httpprotocol
-from relaycore.auth import Authenticator
+from relaycore.auth import check_key_files
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
@@ -36,24 +35,10 @@ def load_settings() -> Settings:
         settings = Settings.from_env(os.environ)
     except ConfigError as error:
         _fail(str(error))
-    if settings.auth == "jwt":
-        # Load each key file on its own so the message names the variable that is wrong.
-        alone = dataclasses.replace(
-            settings, jwt_secret="", jwt_public_key_file="", jwt_jwks_file=""
-        )
-        checks = (
-            ("RELAY_JWT_PUBLIC_KEY_FILE", settings.jwt_public_key_file,
-             dataclasses.replace(alone, jwt_public_key_file=settings.jwt_public_key_file)),
-            ("RELAY_JWT_JWKS_FILE", settings.jwt_jwks_file,
-             dataclasses.replace(alone, jwt_jwks_file=settings.jwt_jwks_file)),
-        )  # fmt: skip
-        for variable, path, only in checks:
-            if not path:
-                continue
-            try:
-                Authenticator.from_settings(only)
-            except Exception as error:  # unreadable file, bad JSON, bad key: all a config error
-                _fail(str(ConfigError(variable, path, str(error))))
+    try:
+        check_key_files(settings)
+    except ConfigError as error:
+        _fail(str(error))
     return settings
 
 
