@@ -10,11 +10,14 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-__all__ = ["MAX_SEQ", "Cursor", "StreamId", "parse_cursor"]
+__all__ = ["CURSOR_PATTERN", "MAX_SEQ", "Cursor", "StreamId", "parse_cursor"]
 
 MAX_SEQ = 2**64 - 1
 _ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _MS = re.compile(r"^\d{1,20}$")
+# What the OpenAPI documents promise for a cursor: an id or a timestamp whose parts fit in 64
+# bits (19 digits always do), in JSON Schema's regex dialect.
+CURSOR_PATTERN = r"^[0-9]{1,19}(-[0-9]{1,19})?$"
 
 
 class StreamId(NamedTuple):

@@ -12,6 +12,8 @@ sizes ``65536``, ``64KiB``, ``1MiB``; lists comma-separated; booleans ``true/fal
 from __future__ import annotations
 
 import dataclasses
+import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,12 +112,19 @@ class Settings:
     valkey_url: str = _env("VALKEY_URL", _valkey_url, "valkey://127.0.0.1:6379")
     valkey_cluster: bool = _env("VALKEY_CLUSTER", parse_bool, False)
     valkey_timeout: float = _env("VALKEY_TIMEOUT", parse_duration, 2.0)
+    # CA bundle (PEM) trusted for valkeys:// instead of the system store
+    valkey_tls_ca_file: str = _env("VALKEY_TLS_CA_FILE", str, "")
     # Listeners and processes
     ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
     ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
     gateway_host: str = _env("GATEWAY_HOST", str, "0.0.0.0")
     gateway_port: int = _env("GATEWAY_PORT", parse_port, 8081)
     workers: int = _env("WORKERS", _positive_int, 1)
+    # HTTPS/WSS on the services' own ports: both or neither
+    tls_cert_file: str = _env("TLS_CERT_FILE", str, "")
+    tls_key_file: str = _env("TLS_KEY_FILE", str, "")
+    # Longest a client may take to send a request's headers (slowloris); 0 turns it off
+    http_header_timeout: float = _env("HTTP_HEADER_TIMEOUT", parse_duration, 10.0)
     # Logging and tracing
     log_level: str = _env("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
     log_format: str = _env("LOG_FORMAT", _choice("json", "console"), "console")
@@ -190,12 +199,40 @@ class Settings:
                 self.auth,
                 "jwt needs RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE or RELAY_JWT_JWKS_FILE",
             )
+        self._check_tls()
         if self.max_message_bytes > self.max_body_bytes:
             raise ConfigError(
                 "RELAY_MAX_MESSAGE_BYTES",
                 str(self.max_message_bytes),
                 "must not exceed RELAY_MAX_BODY_BYTES",
             )
+
+    def _check_tls(self) -> None:
+        if self.tls_cert_file and not self.tls_key_file:
+            raise ConfigError(
+                "RELAY_TLS_CERT_FILE", self.tls_cert_file, "needs RELAY_TLS_KEY_FILE too"
+            )
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ConfigError(
+                "RELAY_TLS_KEY_FILE", self.tls_key_file, "needs RELAY_TLS_CERT_FILE too"
+            )
+        for variable, value in (
+            ("RELAY_TLS_CERT_FILE", self.tls_cert_file),
+            ("RELAY_TLS_KEY_FILE", self.tls_key_file),
+            ("RELAY_VALKEY_TLS_CA_FILE", self.valkey_tls_ca_file),
+        ):
+            if value and not os.access(value, os.R_OK):
+                raise ConfigError(variable, value, "no such readable file")
+        if self.tls_cert_file:
+            try:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            except (ssl.SSLError, OSError) as error:
+                raise ConfigError(
+                    "RELAY_TLS_CERT_FILE",
+                    self.tls_cert_file,
+                    f"certificate and RELAY_TLS_KEY_FILE do not load as a PEM pair: {error}",
+                ) from None
 
     @classmethod
     def variables(cls) -> list[tuple[str, str]]:

@@ -7,8 +7,10 @@ their blocking reads and keep a separate client for everything else.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from glide import (
@@ -21,7 +23,11 @@ from glide import (
     GlideClusterClientConfiguration,
     NodeAddress,
     ServerCredentials,
+    TlsAdvancedConfiguration,
 )
+
+if TYPE_CHECKING:
+    from relaycore.settings import Settings
 
 __all__ = ["ValkeyClient", "ValkeyDsn", "create_client"]
 
@@ -40,6 +46,8 @@ class ValkeyDsn:
     password: str | None = None
     db: int = 0
     tls: bool = False
+    # PEM CA certificates trusted for TLS instead of the system store (RELAY_VALKEY_TLS_CA_FILE).
+    tls_ca_pem: bytes | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_dsn(cls, url: str) -> ValkeyDsn:
@@ -61,6 +69,14 @@ class ValkeyDsn:
             db=int(path) if path else 0,
             tls=_SCHEMES[parts.scheme],
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValkeyDsn:
+        """``RELAY_VALKEY_URL`` with the CA certificates of ``RELAY_VALKEY_TLS_CA_FILE``."""
+        dsn = cls.from_dsn(settings.valkey_url)
+        if not settings.valkey_tls_ca_file:
+            return dsn
+        return dataclasses.replace(dsn, tls_ca_pem=Path(settings.valkey_tls_ca_file).read_bytes())
 
     def redacted(self) -> str:
         """The URL without its password, for logs."""
@@ -97,12 +113,17 @@ async def create_client(
     backoff = BackoffStrategy(num_of_retries=8, factor=10, exponent_base=2)
     addresses = [NodeAddress(dsn.host, dsn.port)]
     connect_ms = None if connection_timeout is None else max(1, int(connection_timeout * 1000))
+    tls_config = (
+        TlsAdvancedConfiguration(root_pem_cacerts=dsn.tls_ca_pem)
+        if dsn.tls and dsn.tls_ca_pem
+        else None
+    )
     if cluster:
         return await GlideClusterClient.create(
             GlideClusterClientConfiguration(
                 addresses,
                 advanced_config=AdvancedGlideClusterClientConfiguration(
-                    connection_timeout=connect_ms
+                    connection_timeout=connect_ms, tls_config=tls_config
                 ),
                 use_tls=dsn.tls,
                 credentials=credentials,
@@ -115,7 +136,9 @@ async def create_client(
     return await GlideClient.create(
         GlideClientConfiguration(
             addresses,
-            advanced_config=AdvancedGlideClientConfiguration(connection_timeout=connect_ms),
+            advanced_config=AdvancedGlideClientConfiguration(
+                connection_timeout=connect_ms, tls_config=tls_config
+            ),
             use_tls=dsn.tls,
             credentials=credentials,
             request_timeout=timeout_ms,

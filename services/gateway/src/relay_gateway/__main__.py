@@ -17,6 +17,7 @@ import os
 import sys
 
 from relay_gateway.serving import serve
+from relaycore.auth import check_key_files
 from relaycore.settings import ConfigError, Settings
 
 __all__ = ["main"]
@@ -25,6 +26,7 @@ __all__ = ["main"]
 def main() -> None:
     try:
         settings = Settings.from_env(os.environ)
+        check_key_files(settings)
     except ConfigError as error:
         print(f"relay-gateway: {error}", file=sys.stderr)
         sys.exit(1)

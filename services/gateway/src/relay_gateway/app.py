@@ -49,6 +49,8 @@ from relaycore.http import (
     exception_handlers,
     openapi_document,
 )
+from relaycore.ids import CURSOR_PATTERN
+from relaycore.keys import TOPIC_PATTERN
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import Envelope, ErrorBody
 from relaycore.prepared import response_writer
@@ -88,8 +90,9 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
             "schema": schema}  # fmt: skip
 
 
-_TOPIC = _query("topic", "Topic name", {"type": "string"}, required=True)
-_SINCE = _query("since", "Cursor: a message id, or a millisecond timestamp", {"type": "string"})
+_TOPIC = _query("topic", "Topic name", {"type": "string", "pattern": TOPIC_PATTERN}, required=True)
+_SINCE = _query("since", "Cursor: a message id, or a millisecond timestamp",
+                {"type": "string", "pattern": CURSOR_PATTERN})  # fmt: skip
 _ERRORS = {
     str(status): {"description": text, "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/ErrorBody"}}}}
@@ -237,7 +240,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        dsn = ValkeyDsn.from_dsn(settings.valkey_url)
+        dsn = ValkeyDsn.from_settings(settings)
         cluster = settings.valkey_cluster
         timeout = settings.valkey_timeout
         client = valkey or await create_client(

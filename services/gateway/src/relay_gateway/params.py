@@ -27,7 +27,8 @@ __all__ = [
     "unavailable",
 ]
 
-_DECIMAL = re.compile(r"^\d{1,6}(\.\d{1,6})?$")
+# Plain decimals and exponent notation (what JSON number syntax allows), bounded in length.
+_DECIMAL = re.compile(r"^-?[0-9]{1,6}(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?$")
 _INTEGER = re.compile(r"^\d{1,9}$")
 
 

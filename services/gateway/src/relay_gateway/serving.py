@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from relay_gateway import redact
 from relay_gateway.app import create_app
 from relay_gateway.shutdown import Drain, GatewayServer
+from relaycore import uvicorn_ext
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import Settings
@@ -57,6 +58,9 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "proxy_headers": True,
         # Like ingest: no server banner in responses.
         "server_header": False,
+        # HTTPS/WSS when RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE are set (checked in settings).
+        "ssl_certfile": settings.tls_cert_file or None,
+        "ssl_keyfile": settings.tls_key_file or None,
     }
 
 
@@ -65,6 +69,8 @@ def _configure_process(settings: Settings) -> None:
         settings.log_level, settings.log_format, access_log=settings.access_log
     )
     redact.install()
+    # The slowloris guard's deadline, read by every HTTP connection this process accepts.
+    uvicorn_ext.configure(header_timeout=settings.http_header_timeout)
 
 
 def gateway_server(settings: Settings) -> GatewayServer:

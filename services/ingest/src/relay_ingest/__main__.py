@@ -6,7 +6,6 @@ line on stderr naming the variable.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import NoReturn
@@ -14,7 +13,8 @@ from typing import NoReturn
 import uvicorn
 from starlette.applications import Starlette
 
-from relaycore.auth import Authenticator
+from relaycore import uvicorn_ext
+from relaycore.auth import check_key_files
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
@@ -35,24 +35,10 @@ def load_settings() -> Settings:
         settings = Settings.from_env(os.environ)
     except ConfigError as error:
         _fail(str(error))
-    if settings.auth == "jwt":
-        # Load each key file on its own so the message names the variable that is wrong.
-        alone = dataclasses.replace(
-            settings, jwt_secret="", jwt_public_key_file="", jwt_jwks_file=""
-        )
-        checks = (
-            ("RELAY_JWT_PUBLIC_KEY_FILE", settings.jwt_public_key_file,
-             dataclasses.replace(alone, jwt_public_key_file=settings.jwt_public_key_file)),
-            ("RELAY_JWT_JWKS_FILE", settings.jwt_jwks_file,
-             dataclasses.replace(alone, jwt_jwks_file=settings.jwt_jwks_file)),
-        )  # fmt: skip
-        for variable, path, only in checks:
-            if not path:
-                continue
-            try:
-                Authenticator.from_settings(only)
-            except Exception as error:  # unreadable file, bad JSON, bad key: all a config error
-                _fail(str(ConfigError(variable, path, str(error))))
+    try:
+        check_key_files(settings)
+    except ConfigError as error:
+        _fail(str(error))
     return settings
 
 
@@ -68,6 +54,7 @@ def app_from_environment() -> Starlette:
 
     settings = load_settings()
     _configure_logging(settings)
+    uvicorn_ext.configure(header_timeout=settings.http_header_timeout)
     app = create_app(settings)
     tune_gc()
     return app
@@ -83,6 +70,7 @@ def main() -> None:
     # One write per response (relaycore.uvicorn_ext), or uvicorn's own httptools protocol when
     # the installed uvicorn lacks an internal it uses.
     protocols = server_protocols(websockets=False, prepared_responses=False)
+    uvicorn_ext.configure(header_timeout=settings.http_header_timeout)
     many = settings.workers > 1
     # Several workers need an import string: each process builds its own app (and tunes its
     # own collector, in app_from_environment).
@@ -105,6 +93,9 @@ def main() -> None:
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+        # HTTPS when RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE are set (checked in settings).
+        ssl_certfile=settings.tls_cert_file or None,
+        ssl_keyfile=settings.tls_key_file or None,
     )
 
 

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from relaycore.http import openapi_document
+from relaycore.keys import TOPIC_PATTERN
 from relaycore.models import (
     BatchRequest,
     BatchResponse,
@@ -44,7 +45,8 @@ _PUBLISH_ERRORS = {
     "429": _error("Over RELAY_RATE_LIMIT for this principal", retry_after=True),
     "503": _error("Valkey unavailable; nothing acknowledged", retry_after=True),
 }
-_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+# A bearer token with RELAY_AUTH=jwt; none at all with RELAY_AUTH=none (the empty alternative).
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
 def openapi_spec() -> dict[str, Any]:
@@ -87,7 +89,12 @@ def openapi_spec() -> dict[str, Any]:
                 "operationId": "topicInfo",
                 "security": _BEARER,
                 "parameters": [
-                    {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "topic",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": TOPIC_PATTERN},
+                    }
                 ],
                 "responses": {
                     "200": {"description": "The topic", "content": _json("TopicInfo")},

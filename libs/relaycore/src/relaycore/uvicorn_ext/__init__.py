@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from relaycore.logging import get_logger
 from relaycore.uvicorn_ext.internals import missing
 
-__all__ = ["ServerProtocols", "server_protocols"]
+__all__ = ["ServerProtocols", "configure", "server_protocols"]
 
 log = get_logger("relaycore.uvicorn_ext")
 
@@ -39,6 +39,17 @@ class ServerProtocols:
     http: type | str
     ws: type | str
     extended: bool  # False: uvicorn's own protocols (plain ASGI)
+
+
+def configure(*, header_timeout: float) -> None:
+    """Process-wide options of the protocols, set once at start by each service's entry point
+    (and in each worker process): the slowloris guard's header deadline, ``0`` = off
+    (:mod:`relaycore.uvicorn_ext.coalescing`). uvicorn's own protocols, the fallback, have no
+    such guard."""
+    if not missing():
+        from relaycore.uvicorn_ext import coalescing
+
+        coalescing.configure(header_timeout=header_timeout)
 
 
 def server_protocols(*, websockets: bool, prepared_responses: bool) -> ServerProtocols:

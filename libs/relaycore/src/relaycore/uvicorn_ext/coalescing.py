@@ -13,6 +13,15 @@ not flush the response start before the first body message).
 A WebSocket upgrade hands the real transport to the WebSocket protocol: frames are never
 delayed. The uvicorn internals this relies on are checked in
 :mod:`relaycore.uvicorn_ext.internals`.
+
+**Header deadline (slowloris).** uvicorn bounds only the idle time between requests
+(``timeout_keep_alive``, cancelled by the first byte of the next request); a client dribbling a
+request's headers a byte at a time holds its connection, file descriptor and buffers for as long
+as it likes. Each connection here must deliver a request's complete headers within the header
+timeout (``RELAY_HTTP_HEADER_TIMEOUT``, counted from the connection's start or, on a kept-alive
+connection, from the request's first byte); a late one gets ``408`` and the connection is closed.
+Bodies are not covered: both services read bodies of at most ``RELAY_MAX_BODY_BYTES``; a proxy
+in front should bound body time too (README, Security).
 """
 
 from __future__ import annotations
@@ -22,7 +31,29 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport"]
+from relaycore.models import error_body
+
+__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport", "configure", "header_timeout"]
+
+# Process-wide, set once at start by the entry points (uvicorn builds protocols from a class,
+# and with several workers that class must be importable, not configured per instance).
+_header_timeout = 10.0
+
+_TIMEOUT_BODY = error_body("request_timeout", "request headers not received in time", [])
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_TIMEOUT_BODY)
+) + _TIMEOUT_BODY
+
+
+def configure(*, header_timeout: float) -> None:
+    """Set the header deadline of every connection accepted from now on; ``0`` turns it off."""
+    global _header_timeout
+    _header_timeout = header_timeout
+
+
+def header_timeout() -> float:
+    return _header_timeout
 
 
 class CoalescingTransport:
@@ -64,12 +95,50 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing each response with one system call."""
+    """uvicorn's httptools protocol writing each response with one system call, with a
+    deadline on each request's headers."""
+
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         # A proxy with the Transport methods uvicorn calls.
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]  # duck-typed Transport
+        self._arm_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if _header_timeout > 0 and self._header_timer is None:
+            self._header_timer = self.loop.call_later(_header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        # A 408 only between responses: behind a response still being written (a pipelined
+        # partial request after a long-poll) the connection just closes.
+        if cycle is None or cycle.response_complete:
+            transport.write(_TIMEOUT_RESPONSE)
+        transport.close()
+
+    def on_message_begin(self) -> None:
+        # The next request on a kept-alive connection: its headers get the same deadline.
+        self._arm_header_timer()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         # A complete response goes out now, not at the end of the iteration: when many answers

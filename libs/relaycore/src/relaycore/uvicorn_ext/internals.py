@@ -47,6 +47,8 @@ REQUIRED: tuple[Requirement, ...] = (
         "HttpToolsProtocol",
         methods=(
             "connection_made",
+            "connection_lost",
+            "on_message_begin",
             "on_headers_complete",
             "on_response_complete",
             "handle_websocket_upgrade",
