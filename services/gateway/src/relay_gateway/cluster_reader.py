@@ -37,14 +37,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from glide import GlideClusterClient, GlideError, SlotIdRoute, SlotType
+from glide import GlideClusterClient, GlideError, RequestError, SlotIdRoute, SlotType
 
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.streamreads import read_once
 from relaycore.ids import StreamId
 from relaycore.keys import key_slot, signal_channel
 from relaycore.settings import Settings
-from relaycore.streams import PENDING_FUNCTION
+from relaycore.streams import FUNCTION_LIBRARY, PENDING_FUNCTION, is_missing_function
 
 if TYPE_CHECKING:
     from relay_gateway.hub import Hub, Topic
@@ -341,7 +341,14 @@ class ClusterReader:
                 args += [topic.key, str(topic.position)]
             route = SlotIdRoute(SlotType.PRIMARY, key_slot(chunk[0].name))
             try:
-                reply = await self.client.fcall_ro_route(PENDING_FUNCTION, args, route)
+                try:
+                    reply = await self.client.fcall_ro_route(PENDING_FUNCTION, args, route)
+                except RequestError as error:
+                    if not is_missing_function(error):
+                        raise
+                    # A node that started empty (or never met an ingest): load the library.
+                    await self.client.function_load(FUNCTION_LIBRARY, replace=True, route=route)
+                    reply = await self.client.fcall_ro_route(PENDING_FUNCTION, args, route)
             except GlideError as error:
                 self.metrics.xread_errors.inc()
                 if node not in self.failing_nodes:
