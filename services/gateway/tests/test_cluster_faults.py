@@ -27,13 +27,13 @@ from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 pytestmark = pytest.mark.slow
 
 
-async def cluster_client(cluster: ValkeyCluster, timeout: float = 2.0) -> ValkeyClient:
+async def cluster_client(cluster: ValkeyCluster, request_timeout: float = 2.0) -> ValkeyClient:
     return await create_client(
         ValkeyDsn.from_dsn(cluster.url),
         cluster=True,
         name="relay-tests",
         lazy=False,
-        request_timeout=timeout,
+        request_timeout=request_timeout,
     )
 
 
@@ -67,7 +67,7 @@ async def subscribed(ws: WsClient, topics: list[str]) -> None:
 
 @pytest.fixture
 async def client(valkey_cluster: ValkeyCluster) -> AsyncIterator[ValkeyClient]:
-    client = await cluster_client(valkey_cluster, timeout=0.5)
+    client = await cluster_client(valkey_cluster, request_timeout=0.5)
     try:
         yield client
     finally:
@@ -127,7 +127,7 @@ async def test_replica_takeover_reports_unreplicated_writes_as_a_gap(topic: str)
     """Writes the primary acknowledged but never replicated die with it: a ``reset`` gap."""
     with ValkeyCluster(primaries=3, replicas=1) as cluster:  # the replica follows primary 0
         (name,) = cluster.topics_on(topic, 0, 1)
-        client = await cluster_client(cluster, timeout=0.5)
+        client = await cluster_client(cluster, request_timeout=0.5)
         try:
             settings = gateway_settings(cluster.url, valkey_cluster=True)
             async with run_gateway(settings) as server, ws_client(server) as ws:

@@ -9,11 +9,19 @@ this cluster (``@pytest.mark.backends``).
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import httpx
+import pytest
+
 from relaycore.ids import StreamId
 from relaycore.settings import RateLimit
 from relaycore.testing import ValkeyCluster
 
 from .conftest import MakeIngest
+
+MESSAGES = "/api/v1/messages"
 
 
 async def test_multi_topic_batch_spans_nodes_in_order(
@@ -54,3 +62,48 @@ async def test_single_publishes_and_rate_limit_on_a_cluster(
         for n in range(6)
     ]
     assert codes == [201] * 5 + [429]
+
+
+@pytest.mark.slow
+async def test_a_dead_primary_fails_only_its_topics(
+    make_ingest: MakeIngest, valkey_cluster: ValkeyCluster, topic: str
+) -> None:
+    """kill -9 one primary: its topics get 503 + Retry-After, the others 201 at normal speed."""
+    ingest = await make_ingest(valkey_url=valkey_cluster.nodes[1].url, valkey_cluster=True)
+    down = valkey_cluster.topics_on(f"{topic}-down", 0, 3)
+    up = valkey_cluster.topics_on(f"{topic}-up1", 1, 3) + valkey_cluster.topics_on(
+        f"{topic}-up2", 2, 3
+    )
+    for name in down + up:
+        assert (await ingest.post(MESSAGES, json={"topic": name, "payload": 0})).status_code == 201
+    valkey_cluster.kill(0)
+    try:
+        took: list[float] = []
+
+        async def post(name: str, n: int) -> httpx.Response:
+            started = time.monotonic()
+            response = await ingest.post(MESSAGES, json={"topic": name, "payload": n})
+            if name in up:
+                took.append(time.monotonic() - started)
+            return response
+
+        for n in range(10):
+            # Concurrent, so they share pipelined round trips with the failing writes.
+            names = [*up, down[n % 3]]
+            responses = await asyncio.gather(*(post(name, n) for name in names))
+            for name, response in zip(names, responses, strict=True):
+                if name in up:
+                    assert response.status_code == 201, response.text
+                else:
+                    assert response.status_code == 503, response.text
+                    assert "retry-after" in response.headers
+        took.sort()
+        assert took[int(len(took) * 0.95)] < 0.5, took
+    finally:
+        valkey_cluster.restart(0)
+    for _ in range(100):
+        response = await ingest.post(MESSAGES, json={"topic": down[0], "payload": "back"})
+        if response.status_code == 201:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status_code == 201, response.text
