@@ -12,9 +12,13 @@ cost an idle gateway with 1,000 topics ~4,000 commands/s), a cluster reader:
    its topics in that slot, from their last ids. Every slot read is its own task: a slot whose
    primary is down retries with its own backoff (50 ms → 2 s) while every other slot keeps being
    read at once — one dead primary never slows the topics of the others.
-3. runs a **safety read** every ``RELAY_READER_SAFETY_INTERVAL`` (2 s): one ``FCALL_RO
-   relay_pending_v1`` per primary (topics grouped by the slot map from ``CLUSTER SLOTS``) that
-   says which of its streams hold entries after our positions; those slots are read. So a lost
+3. runs a **safety read** every ``RELAY_READER_SAFETY_INTERVAL`` (2 s), per primary (topics
+   grouped by the slot map from ``CLUSTER SLOTS``): one ``INFO persistence`` whose write marker
+   (``rdb_changes_since_last_save``, ``rdb_last_save_time``) says whether the node wrote
+   anything since the last check, and only then one ``FCALL_RO relay_pending_v1`` that says
+   which of its streams hold entries after our positions; those slots are read. (Commands a
+   function runs count in ``INFO commandstats``: checking every topic of an idle node every
+   interval would cost as many XREADs as topics, so an idle node is asked one INFO only.) So a lost
    signal (a reconnect, a failover, a subscription not yet confirmed) delays delivery by at most
    the interval and never loses it. Keys the node no longer serves (``-1``: a failover or a slot
    migration) are read through GLIDE's own slot routing and the slot map is refreshed. While
@@ -23,7 +27,8 @@ cost an idle gateway with 1,000 topics ~4,000 commands/s), a cluster reader:
 
 A newly added topic is read once right away and again once its subscription is confirmed, so
 nothing published between the hub's XINFO and the SSUBSCRIBE is missed. Idle cost per reader:
-one command per primary per interval plus a slot-map refresh every 30 s.
+one INFO per primary per interval plus a slot-map refresh every 30 s, whatever the number of
+topics.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from glide import GlideClusterClient, GlideError, RequestError, SlotIdRoute, SlotType
+from glide import (
+    GlideClusterClient,
+    GlideError,
+    InfoSection,
+    RequestError,
+    SlotIdRoute,
+    SlotType,
+)
 
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.streamreads import read_once
@@ -109,6 +121,7 @@ class ClusterReader:
         self.inflight: set[int] = set()
         self.failing: dict[int, tuple[float, float]] = {}  # slot → (retry at, backoff)
         self.failing_nodes: set[str] = set()
+        self.markers: dict[str, bytes] = {}  # node → write marker at its last complete check
         self.to_subscribe: set[str] = set()
         self.to_unsubscribe: set[str] = set()
         self.slot_map: SlotMap | None = None
@@ -332,8 +345,20 @@ class ClusterReader:
         self.slot_map_at = time.monotonic()
 
     async def _pending_on(self, node: str, slots: Sequence[int]) -> bool:
-        """One ``relay_pending`` call per chunk on ``node``; False if the node failed."""
+        """One ``relay_pending`` call per chunk on ``node``; False if the node failed.
+
+        Skipped when the node's write marker is unchanged since the last complete check: it
+        wrote nothing since, so no signal can have been lost.
+        """
         topics = [topic for slot in slots for topic in self.slots.get(slot, {}).values()]
+        if not topics:
+            return True
+        try:
+            marker = await self._write_marker(key_slot(topics[0].name))
+        except GlideError as error:
+            return self._node_failed(node, error)
+        if marker is not None and self.markers.get(node) == marker:
+            return True
         for start in range(0, len(topics), PENDING_CHUNK):
             chunk = topics[start : start + PENDING_CHUNK]
             args: list[str | bytes] = []
@@ -350,12 +375,7 @@ class ClusterReader:
                     await self.client.function_load(FUNCTION_LIBRARY, replace=True, route=route)
                     reply = await self.client.fcall_ro_route(PENDING_FUNCTION, args, route)
             except GlideError as error:
-                self.metrics.xread_errors.inc()
-                if node not in self.failing_nodes:
-                    self.failing_nodes.add(node)
-                    log.warning("node_check_error", reader=self.index, node=node, error=str(error))
-                self.slot_map_at = -math.inf  # a failover may follow: refresh next time
-                return False
+                return self._node_failed(node, error)
             if node in self.failing_nodes:
                 self.failing_nodes.discard(node)
                 log.info("node_check_recovered", reader=self.index, node=node)
@@ -366,4 +386,33 @@ class ClusterReader:
                     moved = moved or state == -1
             if moved:
                 self.slot_map_at = -math.inf
+        if marker is not None:
+            # Read before the check: a write after it changes the marker, checked next time.
+            self.markers[node] = marker
         return True
+
+    def _node_failed(self, node: str, error: GlideError) -> bool:
+        self.metrics.xread_errors.inc()
+        self.markers.pop(node, None)
+        if node not in self.failing_nodes:
+            self.failing_nodes.add(node)
+            log.warning("node_check_error", reader=self.index, node=node, error=str(error))
+        self.slot_map_at = -math.inf  # a failover may follow: refresh next time
+        return False
+
+    async def _write_marker(self, slot: int) -> bytes | None:
+        """What changes whenever the node writes: its dirty counter and last save time.
+
+        ``rdb_changes_since_last_save`` counts every write (with or without AOF, replicas);
+        a save resets it but also moves ``rdb_last_save_time``, and a restart moves both.
+        """
+        info: Any = await self.client.info(
+            [InfoSection.PERSISTENCE], SlotIdRoute(SlotType.PRIMARY, slot)
+        )
+        text = info if isinstance(info, bytes) else str(info).encode()
+        marks = [
+            line
+            for line in text.splitlines()
+            if line.startswith((b"rdb_changes_since_last_save:", b"rdb_last_save_time:"))
+        ]
+        return b"|".join(marks) if len(marks) == 2 else None
