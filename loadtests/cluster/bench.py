@@ -11,9 +11,11 @@ summed from ``INFO commandstats`` (minus the benchmark's own INFO calls). Target
 ``e2e``: ``--rate`` (100) msgs/s round-robin over ``--e2e-topics`` (100) topics, published in
 10 ms ticks through the ``relay_publish`` function (as ingest writes), ``--subscribers`` (200)
 WebSocket subscribers each on ``--per-subscriber`` (5) topics (so every topic has 10
-subscribers, 500 deliveries/s). Latency = client receive time − the publish time carried in the
+subscribers, 500 deliveries/s). Latency = client receive time minus the publish time carried in the
 payload. Standalone and cluster rounds alternate (``--rounds`` each) in one run; the figure is
-the p99 over all rounds of a side. Target: cluster p99 ≤ 1.3× standalone p99.
+the p99 over all rounds of a side, and the median of the rounds' p99s (steadier on a shared
+machine, where one noisy round moves the pooled p99 by 10x). Target: cluster p99 <= 1.3x
+standalone p99.
 
     uv run --frozen python -m loadtests.cluster.bench [idle] [e2e] [--window 20] [--rounds 2]
 """
@@ -25,6 +27,7 @@ import asyncio
 import multiprocessing
 import os
 import re
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -52,7 +55,8 @@ async def gateway(url: str, *, cluster: bool) -> AsyncIterator[str]:
     port = free_port()
     env = {**os.environ, "RELAY_VALKEY_URL": url, "RELAY_VALKEY_CLUSTER": str(cluster).lower(),
            "RELAY_GATEWAY_PORT": str(port), "RELAY_GATEWAY_HOST": "127.0.0.1",
-           "RELAY_LOG_LEVEL": os.environ.get("RELAY_LOG_LEVEL", "warning"), "RELAY_ACCESS_LOG": "false"}  # fmt: skip
+           "RELAY_LOG_LEVEL": os.environ.get("RELAY_LOG_LEVEL", "warning"),
+           "RELAY_ACCESS_LOG": "false"}  # fmt: skip
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "relay_gateway", env=env)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -87,7 +91,9 @@ async def _subscribe_all(url: str, groups: list[list[str]], expected: int, ready
     async def one(topics: list[str]) -> None:
         async with websockets.connect(url, compression=None, max_queue=None) as ws:
             for n, topic in enumerate(topics):
-                await ws.send(msgspec.json.encode({"op": "subscribe", "topic": topic, "req": n}).decode())
+                await ws.send(
+                    msgspec.json.encode({"op": "subscribe", "topic": topic, "req": n}).decode()
+                )
             acks = 0
             while acks < len(topics):
                 for line in str(await ws.recv()).split("\n"):
@@ -117,7 +123,9 @@ async def _subscribe_all(url: str, groups: list[list[str]], expected: int, ready
     out.put(latencies)
 
 
-def _run_subscribers(url: str, groups: list[list[str]], expected: int, ready: Any, out: Any) -> None:
+def _run_subscribers(
+    url: str, groups: list[list[str]], expected: int, ready: Any, out: Any
+) -> None:
     uvloop.run(_subscribe_all(url, groups, expected, ready, out))
 
 
@@ -184,7 +192,9 @@ async def publish_for(
     started = time.perf_counter()
     sent = 0
     while sent < total:
-        batch: Batch | ClusterBatch = ClusterBatch(is_atomic=False) if cluster else Batch(is_atomic=False)
+        batch: Batch | ClusterBatch = (
+            ClusterBatch(is_atomic=False) if cluster else Batch(is_atomic=False)
+        )
         for _ in range(min(per_tick, total - sent)):
             payload = msgspec.json.encode({"t": time.time(), "n": sent})
             add_publish(batch, topics[sent % len(topics)], payload, None, None, RETAIN)
@@ -229,6 +239,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def e2e(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {"standalone": [], "cluster": []}
+    round_p99: dict[str, list[float]] = {"standalone": [], "cluster": []}
     with ValkeyProcess() as node, ValkeyCluster(primaries=3) as cluster:
         for round_ in range(args.rounds):
             for side, url, is_cluster in (
@@ -237,6 +248,7 @@ async def e2e(args: argparse.Namespace) -> None:
             ):
                 lat = sorted(await e2e_round(url, is_cluster, args, f"{side[0]}{round_}"))
                 results[side] += lat
+                round_p99[side].append(pct(lat, 0.99))
                 print(
                     f"e2e round {round_} {side:10}: {len(lat)} deliveries, "
                     f"p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
@@ -249,7 +261,12 @@ async def e2e(args: argparse.Namespace) -> None:
             f"e2e {side:10} all rounds: {len(values)} deliveries, p50 {pct(values, 0.5):.1f} ms, "
             f"p99 {p99[side]:.1f} ms"
         )
-    print(f"e2e p99 cluster / standalone = {p99['cluster'] / p99['standalone']:.2f}x (target <= 1.3x)")
+    medians = {side: statistics.median(values) for side, values in round_p99.items()}
+    print(
+        f"e2e p99 cluster / standalone = {p99['cluster'] / p99['standalone']:.2f}x pooled, "
+        f"{medians['cluster'] / medians['standalone']:.2f}x of the per-round medians "
+        f"({medians['cluster']:.1f} / {medians['standalone']:.1f} ms) (target <= 1.3x)"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:

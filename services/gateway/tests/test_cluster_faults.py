@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from glide import GlideError
 
@@ -113,6 +114,9 @@ async def test_a_dead_primary_stops_only_its_topics_and_they_resume_without_a_ga
                 await publish(client, down[0], [99])
             await down_ws.send(op="ping", req=7)
             assert (await down_ws.expect("pong"))["req"] == 7
+            # Still serving every other topic: ready, so balancers keep sending consumers.
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                assert (await http.get("/ready")).status_code == 200
         finally:
             valkey_cluster.restart(0)
 
