@@ -20,8 +20,8 @@ When the connection fails or times out the pipeline marks Valkey *unavailable* (
 only when the whole round trip fails: a command routed to a dead primary fails alone): queued and
 new operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instead of each
 waiting out the request timeout, and the flusher probes with PING until Valkey answers again,
-then runs ``on_recover`` (e.g. reloading the publish function after a restart without data) and resumes.
-``on_recover`` also runs once when the flusher starts.
+then runs ``on_recover`` (e.g. reloading the publish function after a restart without data) and
+resumes. ``on_recover`` also runs once when the flusher starts.
 """
 
 from __future__ import annotations
