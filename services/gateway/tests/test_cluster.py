@@ -10,6 +10,7 @@ import asyncio
 
 import httpx
 
+from relay_gateway.cluster_reader import SlotMap
 from relay_gateway.testing import gateway_settings, publish, run_gateway, ws_client
 from relaycore.keys import key_slot
 from relaycore.testing import ValkeyCluster
@@ -89,3 +90,19 @@ async def test_a_lost_signal_is_caught_by_the_safety_read(
                 assert (await http.get("/ready")).status_code == 200
     finally:
         await client.close()
+
+
+def test_slot_map_groups_slots_by_primary() -> None:
+    reply = [
+        [0, 5460, [b"127.0.0.1", 7000, b"id-a"]],
+        [10923, 16383, [b"127.0.0.1", 7002, b"id-c"], [b"127.0.0.1", 7005, b"id-r"]],
+        [5461, 10922, [b"127.0.0.1", 7001, b"id-b"]],
+    ]
+    slots = SlotMap(reply)
+    assert [slots.node(s) for s in (0, 5460, 5461, 10922, 10923, 16383)] == [
+        "127.0.0.1:7000", "127.0.0.1:7000", "127.0.0.1:7001",
+        "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7002",
+    ]  # fmt: skip
+    # A slot no node claims (mid-migration, or its primary is gone): grouped on its own.
+    assert SlotMap(reply[:1]).node(9000) == "slot:9000"
+    assert SlotMap(None).node(1) == "slot:1"
