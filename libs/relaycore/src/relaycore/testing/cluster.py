@@ -14,6 +14,7 @@ its own slots unavailable, as production should be configured), a short
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Sequence
@@ -73,27 +74,42 @@ class ValkeyCluster:
             (n * step, SLOT_COUNT - 1 if n == primaries - 1 else (n + 1) * step - 1)
             for n in range(primaries)
         ]
+        self.primary_count = primaries
+        self.node_count = primaries + replicas
+        self.extra_args = [
+            "--cluster-node-timeout", str(node_timeout_ms),
+            "--cluster-require-full-coverage", "no",
+            "--cluster-replica-validity-factor", "0",
+            "--cluster-allow-replica-migration", "no",
+            *extra_args,
+        ]  # fmt: skip
         self.nodes: list[ValkeyProcess] = []
         self.buses: list[int] = []
-        for _ in range(primaries + replicas):
-            bus = free_port()
+        self._build()
+        self.ids: list[str] = []
+
+    def _build(self) -> None:
+        """Node objects on fresh free ports, every client and bus port distinct."""
+        ports: set[int] = set()
+        while len(ports) < 2 * self.node_count:
+            ports.add(free_port())
+        chosen = list(ports)
+        random.shuffle(chosen)
+        self.nodes, self.buses = [], []
+        for n in range(self.node_count):
+            port, bus = chosen[2 * n], chosen[2 * n + 1]
             self.buses.append(bus)
             self.nodes.append(
                 ValkeyProcess(
+                    port=port,
                     extra_args=[
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", "nodes.conf",
                         "--cluster-port", str(bus),
-                        "--cluster-node-timeout", str(node_timeout_ms),
-                        "--cluster-require-full-coverage", "no",
-                        "--cluster-replica-validity-factor", "0",
-                        "--cluster-allow-replica-migration", "no",
-                        *extra_args,
-                    ]
+                        *self.extra_args,
+                    ],
                 )
             )  # fmt: skip
-        self.primary_count = primaries
-        self.ids: list[str] = []
 
     @property
     def primaries(self) -> list[ValkeyProcess]:
@@ -195,12 +211,21 @@ class ValkeyCluster:
             node.close()
 
     def __enter__(self) -> ValkeyCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
+        # A port free when chosen can be taken by another process before the server binds it
+        # (the machine is shared): start again on fresh ports, a few times.
+        for attempt in range(3):
+            try:
+                self.start()
+                return self
+            except (RuntimeError, OSError):
+                self.close()
+                if attempt == 2:
+                    raise
+                self._build()
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
 
     def __exit__(
         self,
