@@ -8,6 +8,12 @@ of the entry written before the new one: a reader that
 resumes after cursor ``c`` and finds the first retained entry's ``v`` ≤ ``c`` knows nothing in
 between was trimmed. XINFO's ``max-deleted-entry-id`` cannot say that (MAXLEN trimming leaves it
 at ``0-0``), and a false "messages were lost" is as wrong as a silent gap.
+
+Every publish function ends by signalling the topic: ``SPUBLISH relay:{<topic>}:w <newest id>``
+(sharded pub/sub, same slot as the stream), which wakes the gateways' cluster readers; with no
+subscriber it costs nothing measurable (``loadtests/cluster/signal_cost.py``). ``relay_pending``
+is the read-only safety check of those readers: which of many streams on one node have entries
+after given ids, in one call.
 """
 
 from __future__ import annotations
