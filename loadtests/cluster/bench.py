@@ -49,11 +49,24 @@ RETAIN = StreamRetention(maxlen=100_000, max_age_ms=0, idempotency_ttl_ms=60_000
 _CMDSTAT = re.compile(r"^cmdstat_([^:]+):calls=(\d+)", re.M)
 
 
+# ``--gateway-src DIR``: run the gateway from another checkout's sources (DIR holds
+# services/gateway/src and libs/relaycore/src, e.g. ``git archive <rev> | tar -x``), to measure
+# before and after in one run.
+GATEWAY_SRC: str | None = None
+
+
 @asynccontextmanager
 async def gateway(url: str, *, cluster: bool) -> AsyncIterator[str]:
     """A ``python -m relay_gateway`` process; yields its WebSocket URL once ``/ready``."""
     port = free_port()
-    env = {**os.environ, "RELAY_VALKEY_URL": url, "RELAY_VALKEY_CLUSTER": str(cluster).lower(),
+    extra = {}
+    if GATEWAY_SRC is not None:
+        extra["PYTHONPATH"] = os.pathsep.join(
+            os.path.join(GATEWAY_SRC, part)
+            for part in ("services/gateway/src", "libs/relaycore/src")
+        )
+    env = {**os.environ, **extra, "RELAY_VALKEY_URL": url,
+           "RELAY_VALKEY_CLUSTER": str(cluster).lower(),
            "RELAY_GATEWAY_PORT": str(port), "RELAY_GATEWAY_HOST": "127.0.0.1",
            "RELAY_LOG_LEVEL": os.environ.get("RELAY_LOG_LEVEL", "warning"),
            "RELAY_ACCESS_LOG": "false"}  # fmt: skip
@@ -287,4 +300,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--client-processes", type=int, default=2)
-    uvloop.run(main(parser.parse_args()))
+    parser.add_argument("--gateway-src", help="run the gateway from these sources instead")
+    options = parser.parse_args()
+    GATEWAY_SRC = options.gateway_src
+    uvloop.run(main(options))
