@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +31,8 @@ def start_ingest(**relay: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Its own process group: with RELAY_WORKERS > 1 the workers must die with it.
+        start_new_session=True,
     )
 
 
@@ -52,9 +55,10 @@ def stop_later() -> Iterator[list[subprocess.Popen[str]]]:
     processes: list[subprocess.Popen[str]] = []
     yield processes
     for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        # The whole group: a worker left behind would hold stdout open and hang communicate().
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,10 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relaycore.retention import RetentionRule
 
 __all__ = ["ConfigError", "RateLimit", "Settings", "parse_bool", "parse_duration", "parse_size"]
 
@@ -103,6 +106,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _retention_rules(text: str) -> tuple[RetentionRule, ...]:
+    # Imported here: relaycore.retention uses this module's value parsers.
+    from relaycore.retention import parse_retention_rules
+
+    return parse_retention_rules(text)
+
+
 def _valkey_url(text: str) -> str:
     # Imported here: settings must stay importable without the Valkey client stack.
     from relaycore.valkey import ValkeyDsn
@@ -173,6 +183,8 @@ class Settings:
     # Retention, applied on every write
     retention_maxlen: int = _env("RETENTION_MAXLEN", _positive_int, 100_000)
     retention_max_age: float = _env("RETENTION_MAX_AGE", parse_duration, 24 * 3600.0)
+    # Per-topic overrides of the two above (relaycore.retention): first matching rule wins.
+    retention_rules: tuple[RetentionRule, ...] = _env("RETENTION_RULES", _retention_rules, ())
     idempotency_window: float = _env("IDEMPOTENCY_WINDOW", parse_duration, 300.0)
     # Ingest write path: commands per pipelined round trip, and how many may wait for one
     # before new publishes get 503 (bounds memory when Valkey is slow).

@@ -19,24 +19,21 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from relay_ingest.fastlane import IngestApp
 from relay_ingest.messages import MessageLimits
 from relay_ingest.metrics import IngestMetrics, RequestMetricsMiddleware
 from relay_ingest.pipeline import Pipeline
-from relay_ingest.publisher import Publisher
+from relay_ingest.publisher import Publisher, TopicRetention
 from relay_ingest.ratelimit import RateLimiter
 from relay_ingest.routes import routes
 from relay_ingest.spans import PublishSpans
 from relay_ingest.state import IngestState
 from relaycore.auth import Authenticator
-from relaycore.http import ApiError, cors_middleware, error_response, exception_handlers
+from relaycore.http import cors_middleware, exception_handlers
 from relaycore.logging import get_logger
-from relaycore.models import RetentionInfo
+from relaycore.retention import RetentionPolicy
 from relaycore.settings import Settings
-from relaycore.streams import StreamRetention
 from relaycore.tracing import Tracing
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
@@ -45,18 +42,13 @@ __all__ = ["create_app"]
 log = get_logger("relay_ingest")
 
 
-def retention_of(settings: Settings) -> StreamRetention:
-    return StreamRetention(
-        maxlen=settings.retention_maxlen,
-        max_age_ms=int(settings.retention_max_age * 1000),
-        idempotency_ttl_ms=max(1, int(settings.idempotency_window * 1000)),
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """``RELAY_RETENTION_RULES`` over ``RELAY_RETENTION_MAXLEN`` / ``RELAY_RETENTION_MAX_AGE``."""
+    return RetentionPolicy(
+        settings.retention_rules,
+        default_maxlen=settings.retention_maxlen,
+        default_max_age=settings.retention_max_age,
     )
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # A bug must still answer in the §7 shape (and be logged), never as a bare text page.
-    log.exception("unhandled_error", path=request.url.path)
-    return error_response(ApiError(500, "internal", "internal error"))
 
 
 def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Starlette:
@@ -91,10 +83,11 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             on_recover=reload_functions,
             observe_batch=metrics.pipeline_commands.observe,
         )
+        retention = retention_policy(settings)
         publisher = Publisher(
             client,
             pipeline,
-            retention_of(settings),
+            TopicRetention(retention, max(1, int(settings.idempotency_window * 1000))),
             metrics,
             merge_limit=settings.publish_pipeline_size,
         )
@@ -110,10 +103,7 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             tracing=tracing,
             spans=PublishSpans(tracing),
             limits=MessageLimits(settings.max_message_bytes, settings.max_batch_items),
-            retention=RetentionInfo(
-                maxlen=settings.retention_maxlen,
-                max_age_ms=int(settings.retention_max_age * 1000),
-            ),
+            retention=retention,
         )
         app.state.ingest = state
         try:
@@ -139,13 +129,12 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
         Middleware(RequestMetricsMiddleware, metrics=metrics, templates=endpoint_templates),
         *cors,
     ]
-    handlers = {**exception_handlers(), Exception: _unexpected}
     # Publishes without an Origin header take the fast lane in front of all of this.
     return IngestApp(
         metrics=metrics,
         vary_origin=bool(cors),
         routes=routes,
         middleware=middleware,
-        exception_handlers=handlers,
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

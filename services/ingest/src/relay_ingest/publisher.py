@@ -25,7 +25,7 @@ that was not written.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -35,6 +35,7 @@ from glide import GlideError
 from relay_ingest.pipeline import AnyBatch, Pipeline, Queued, Unavailable
 from relaycore.logging import get_logger
 from relaycore.metrics import CommonMetrics
+from relaycore.retention import Retention, RetentionPolicy
 from relaycore.streams import (
     StreamRetention,
     add_publish,
@@ -46,7 +47,7 @@ from relaycore.streams import (
 )
 from relaycore.valkey import ValkeyClient
 
-__all__ = ["OutgoingMessage", "Published", "Publisher"]
+__all__ = ["OutgoingMessage", "Published", "Publisher", "TopicRetention"]
 
 log = get_logger("relay_ingest.publisher")
 
@@ -72,6 +73,37 @@ class Published:
     duplicate: bool
 
 
+RetentionOf = Callable[[str], StreamRetention]
+"""A topic's retention arguments for the publish functions."""
+
+
+class TopicRetention:
+    """Each topic's :class:`StreamRetention`: the policy's answer (``RELAY_RETENTION_RULES``
+    over the defaults) plus the idempotency TTL.
+
+    Asked once per publish call, i.e. per topic of a batch or merged call, never per message.
+    The policy caches per topic; the StreamRetention objects are shared per distinct retention
+    (at most one per rule, plus the defaults).
+    """
+
+    def __init__(self, policy: RetentionPolicy, idempotency_ttl_ms: int) -> None:
+        self.policy = policy
+        self._ttl_ms = idempotency_ttl_ms
+        self._shared: dict[Retention, StreamRetention] = {}
+
+    def __call__(self, topic: str) -> StreamRetention:
+        retention = self.policy.for_topic(topic)
+        found = self._shared.get(retention)
+        if found is None:
+            found = StreamRetention(retention.maxlen, retention.max_age_ms, self._ttl_ms)
+            self._shared[retention] = found
+        return found
+
+
+def _same_retention(retention: StreamRetention, topic: str) -> StreamRetention:
+    return retention
+
+
 def _by_topic(messages: Sequence[OutgoingMessage]) -> list[list[int]]:
     """Indexes of the messages grouped by topic, each group in request order."""
     groups: dict[str, list[int]] = {}
@@ -88,21 +120,22 @@ def _is_plain(messages: Sequence[OutgoingMessage], call: Sequence[int]) -> bool:
 def _add_calls(
     messages: Sequence[OutgoingMessage],
     calls: Sequence[Sequence[int]],
-    retention: StreamRetention,
+    retention_of: RetentionOf,
     batch: AnyBatch,
 ) -> None:
+    # Every call is one topic's messages, so each call carries its own topic's retention.
     for call in calls:
+        topic = messages[call[0]].topic
+        retention = retention_of(topic)
         if len(messages) == 1:
             message = messages[call[0]]
-            add_publish(
-                batch, message.topic, message.payload, message.headers, message.key, retention
-            )
+            add_publish(batch, topic, message.payload, message.headers, message.key, retention)
         elif _is_plain(messages, call):
             payloads = [messages[i].payload for i in call]
-            add_publish_payloads(batch, messages[call[0]].topic, payloads, retention)
+            add_publish_payloads(batch, topic, payloads, retention)
         else:
             group = [(messages[i].payload, messages[i].headers, messages[i].key) for i in call]
-            add_publish_many(batch, messages[call[0]].topic, group, retention)
+            add_publish_many(batch, topic, group, retention)
 
 
 def _replies(
@@ -137,14 +170,19 @@ class Publisher:
         self,
         client: ValkeyClient,
         pipeline: Pipeline,
-        retention: StreamRetention,
+        retention: StreamRetention | RetentionOf,
         metrics: CommonMetrics | None = None,
         *,
         merge_limit: int = 256,
     ) -> None:
         self._client = client
         self._pipeline = pipeline
-        self._retention = retention
+        # One retention for every topic, or a topic's own (TopicRetention).
+        self._retention: RetentionOf = (
+            partial(_same_retention, retention)
+            if isinstance(retention, StreamRetention)
+            else retention
+        )
         self._metrics = metrics
         self._load_lock = asyncio.Lock()
         self._loads = 0

@@ -28,6 +28,7 @@ from relaycore.keys import is_valid_topic
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import (
     ErrorDetail,
+    RetentionInfo,
     TopicInfo,
     encoder,
 )
@@ -73,12 +74,13 @@ async def topic_info(request: Request) -> Response:
         raise unavailable(Unavailable("storage is unavailable")) from error
     if info is None:
         raise ApiError(404, "not_found", f"topic {topic!r} does not exist")
+    retention = state.retention.for_topic(topic)
     body = TopicInfo(
         topic=topic,
         length=info.length,
         first_id=str(info.first_id) if info.first_id else None,
         last_id=str(info.last_id) if info.last_id else None,
-        retention=state.retention,
+        retention=RetentionInfo(maxlen=retention.maxlen, max_age_ms=retention.max_age_ms),
     )
     return JSONBytesResponse(encoder.encode(body))
 

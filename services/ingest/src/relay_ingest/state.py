@@ -13,7 +13,7 @@ from relay_ingest.publisher import Publisher
 from relay_ingest.ratelimit import RateLimiter
 from relay_ingest.spans import PublishSpans
 from relaycore.auth import Authenticator
-from relaycore.models import RetentionInfo
+from relaycore.retention import RetentionPolicy
 from relaycore.settings import Settings
 from relaycore.tracing import Tracing
 from relaycore.valkey import ValkeyClient
@@ -33,7 +33,7 @@ class IngestState:
     tracing: Tracing
     spans: PublishSpans
     limits: MessageLimits
-    retention: RetentionInfo
+    retention: RetentionPolicy
     draining: bool = False
 
 

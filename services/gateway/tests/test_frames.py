@@ -13,8 +13,9 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from relay_gateway.testing import id_key, publish, ws_client
-from relay_gateway.wsframes import RelayWebSocketProtocol, frame_writer, text_frame
+from relaycore.frames import frame_writer, text_frame
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
