@@ -14,9 +14,10 @@ import pytest
 from glide import Batch, ExpireOptions, MaxId, MinId, RequestError
 
 from relaycore.ids import StreamId
-from relaycore.keys import idempotency_key, rate_limit_key, stream_key
+from relaycore.keys import idempotency_key, rate_limit_key, signal_channel, stream_key
 from relaycore.streams import (
     FUNCTION_LIBRARY,
+    PENDING_FUNCTION,
     PUBLISH_FUNCTION,
     StreamRetention,
     add_publish,
@@ -316,3 +317,17 @@ async def test_full_memory_refuses_writes_and_evicts_nothing(topic: str) -> None
             assert [entry.id for entry in entries] == [StreamId.parse(i) for i in written]
         finally:
             await ingest.close()
+
+
+async def test_gateway_may_run_the_safety_read_and_nothing_else_of_the_library(
+    ingest: ValkeyClient, gateway: ValkeyClient, topic: str
+) -> None:
+    """What a cluster gateway runs: FCALL_RO relay_pending (its XREADs pass the gateway's ACL)."""
+    await ensure_functions(ingest)
+    (first,) = await _publish(ingest, topic, [b"0"])
+    key = stream_key(topic)
+    pending = await gateway.custom_command(
+        ["FCALL_RO", PENDING_FUNCTION, "0", key, "0-0", key, first]
+    )
+    assert pending == [1, 0]
+    await _refused(gateway.custom_command(["SPUBLISH", signal_channel(topic), "x"]))

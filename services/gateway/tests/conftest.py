@@ -10,6 +10,7 @@ import pytest
 
 from relay_gateway.testing import gateway_settings, run_gateway
 from relaycore.testing import UvicornServer
+from relaycore.testing.plugin import Backend
 
 # The transport tests also run on uvicorn's own protocols: what the gateway falls back to when
 # the installed uvicorn lacks an internal relaycore.uvicorn_ext uses (plain ASGI sends only).
@@ -21,6 +22,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("served_by", ["uvicorn_ext", "plain_asgi"])
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The cluster runs of the transport tests use the relay's own protocols only: the
+    protocol layer does not depend on the Valkey backend, so plain ASGI x cluster adds time,
+    not coverage."""
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        chosen = params.params if params is not None else {}
+        if chosen.get("served_by") == "plain_asgi" and chosen.get("valkey_backend") == "cluster":
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
 def served_by() -> str:
     """Which protocols serve the ``gateway`` fixture's servers by default."""
@@ -29,9 +47,10 @@ def served_by() -> str:
 
 @pytest.fixture
 def gateway(
-    valkey_url: str, served_by: str
+    valkey_backend: Backend, served_by: str
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
-    """``async with gateway(**settings_overrides) as server`` → a running gateway.
+    """``async with gateway(**settings_overrides) as server`` → a running gateway on the test's
+    Valkey backend (the single node, or the cluster for ``@pytest.mark.backends`` tests).
 
     ``relay_protocols=False`` serves it with uvicorn's own protocols (plain ASGI sends only);
     by default the transport tests run both ways (``served_by``).
@@ -41,8 +60,9 @@ def gateway(
     def start(
         *, relay_protocols: bool = default, **overrides: Any
     ) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
+        overrides.setdefault("valkey_cluster", valkey_backend.cluster)
         return run_gateway(
-            gateway_settings(valkey_url, **overrides), relay_protocols=relay_protocols
+            gateway_settings(valkey_backend.url, **overrides), relay_protocols=relay_protocols
         )
 
     return start

@@ -20,6 +20,9 @@ from relaycore.streams import StreamRetention, read_after
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
+# Every case runs on the single node and on the three-primary cluster.
+pytestmark = pytest.mark.backends
+
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 TRANSPORTS = ["ws", "poll", "sse"]
 

@@ -12,10 +12,14 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 import httpx
+import pytest
 
 from relay_gateway.testing import SseReader, publish, ws_client
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
+
+# Every case runs on the single node and on the three-primary cluster.
+pytestmark = pytest.mark.backends
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 BATCHES = 80

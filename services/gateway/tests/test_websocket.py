@@ -13,6 +13,9 @@ from relay_gateway.testing import id_key, publish, ws_client
 from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
+# Every case runs on the single node and on the three-primary cluster.
+pytestmark = pytest.mark.backends
+
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 
 

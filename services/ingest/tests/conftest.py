@@ -16,6 +16,7 @@ import pytest
 
 from relay_ingest.app import create_app
 from relaycore.settings import Settings
+from relaycore.testing.plugin import Backend
 
 MakeIngest = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -34,11 +35,14 @@ async def running_ingest(settings: Settings) -> AsyncIterator[httpx.AsyncClient]
 
 
 @pytest.fixture
-async def make_ingest(valkey_url: str) -> AsyncIterator[MakeIngest]:
+async def make_ingest(valkey_backend: Backend) -> AsyncIterator[MakeIngest]:
+    """Apps on the test's Valkey backend (the cluster for ``@pytest.mark.backends`` runs)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(**overrides: Any) -> httpx.AsyncClient:
-            url = overrides.pop("valkey_url", valkey_url)
+            url = overrides.pop("valkey_url", valkey_backend.url)
+            if url == valkey_backend.url:
+                overrides.setdefault("valkey_cluster", valkey_backend.cluster)
             return await stack.enter_async_context(
                 running_ingest(ingest_settings(url, **overrides))
             )

@@ -15,11 +15,12 @@ from .conftest import MakeIngest
 # The commands ingest sends, and those its functions run (ACL applies inside functions too).
 INGEST_COMMANDS = (
     "+ping +hello +select +info +client|setname +client|setinfo +function|load +fcall "
-    "+xadd +xtrim +xrevrange +xinfo|stream +exists +get +set +incrby +pexpire +pttl +time"
+    "+spublish +xadd +xtrim +xrevrange +xinfo|stream +exists +get +set +incrby +pexpire +pttl "
+    "+time"
 )
 USERS = [
-    f"ingest on >ingest-pw resetchannels ~relay:* -@all {INGEST_COMMANDS}",
-    f"noload on >noload-pw resetchannels ~relay:* -@all {INGEST_COMMANDS} -function|load",
+    f"ingest on >ingest-pw resetchannels &relay:* ~relay:* -@all {INGEST_COMMANDS}",
+    f"noload on >noload-pw resetchannels &relay:* ~relay:* -@all {INGEST_COMMANDS} -function|load",
     "admin on >admin-pw ~* &* +@all",
     "default off",
 ]

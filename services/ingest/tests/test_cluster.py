@@ -1,80 +1,35 @@
 """Ingest on a real three-node Valkey Cluster: every feature where topics live on different nodes.
 
-The cluster is three ``valkey-server`` processes in cluster mode, slots split by hand and joined
-with CLUSTER MEET, so a multi-topic batch really spans nodes (GLIDE ``ClusterBatch``), the
-publish function must be on every primary, and the rate-limit key sits in yet another slot.
+The cluster is the session's three ``valkey-server`` processes in cluster mode (the
+``valkey_cluster`` fixture: slots split by hand, joined with CLUSTER MEET), so a multi-topic
+batch really spans nodes (GLIDE ``ClusterBatch``), the publish function must be on every
+primary, and the rate-limit key sits in yet another slot. The routes' own tests also run on
+this cluster (``@pytest.mark.backends``).
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
 import time
-from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from relaycore.ids import StreamId
 from relaycore.settings import RateLimit
-from relaycore.testing import ValkeyProcess, free_port
+from relaycore.testing import ValkeyCluster
 
 from .conftest import MakeIngest
 
-SLOTS = [(0, 5460), (5461, 10922), (10923, 16383)]
-CLUSTER_MODE = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-
-
-def command(node: ValkeyProcess, *args: str) -> bytes:
-    """One command over a plain socket (RESP), for setting the cluster up; the raw reply."""
-    request = b"*%d\r\n" % len(args) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args
-    )
-    with socket.create_connection((node.host, node.port), timeout=5) as sock:
-        sock.sendall(request)
-        reply = sock.recv(65536)
-        while not reply.endswith(b"\r\n"):
-            reply += sock.recv(65536)
-        if reply.startswith(b"$"):  # bulk string: $<length>\r\n<data>\r\n
-            header, _, _ = reply.partition(b"\r\n")
-            while len(reply) < len(header) + 2 + int(header[1:]) + 2:
-                reply += sock.recv(65536)
-    return reply
-
-
-@pytest.fixture(scope="module")
-def valkey_cluster() -> Iterator[list[ValkeyProcess]]:
-    buses = [free_port() for _ in SLOTS]
-    nodes = [ValkeyProcess(extra_args=[*CLUSTER_MODE, "--cluster-port", str(bus)]) for bus in buses]
-    try:
-        for node, (first, last) in zip(nodes, SLOTS, strict=True):
-            node.start()
-            assert command(node, "CLUSTER", "ADDSLOTSRANGE", str(first), str(last)) == b"+OK\r\n"
-        for node, bus in zip(nodes[1:], buses[1:], strict=True):
-            command(nodes[0], "CLUSTER", "MEET", node.host, str(node.port), str(bus))
-        deadline = time.monotonic() + 30
-        while not all(
-            b"cluster_state:ok" in (info := command(node, "CLUSTER", "INFO"))
-            and b"cluster_known_nodes:3" in info
-            for node in nodes
-        ):
-            assert time.monotonic() < deadline, "the cluster did not form"
-            time.sleep(0.05)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.close()
-
-
-def owner(nodes: list[ValkeyProcess], topic: str) -> int:
-    slot = int(command(nodes[0], "CLUSTER", "KEYSLOT", f"{{{topic}}}")[1:-2])
-    return next(i for i, (first, last) in enumerate(SLOTS) if first <= slot <= last)
+MESSAGES = "/api/v1/messages"
 
 
 async def test_multi_topic_batch_spans_nodes_in_order(
-    make_ingest: MakeIngest, valkey_cluster: list[ValkeyProcess], topic: str
+    make_ingest: MakeIngest, valkey_cluster: ValkeyCluster, topic: str
 ) -> None:
-    ingest = await make_ingest(valkey_url=valkey_cluster[0].url, valkey_cluster=True)
+    ingest = await make_ingest(valkey_url=valkey_cluster.url, valkey_cluster=True)
     topics = [f"{topic}-{n}" for n in range(12)]
-    assert {owner(valkey_cluster, t) for t in topics} == {0, 1, 2}  # really on every node
+    assert {valkey_cluster.owner(t) for t in topics} == {0, 1, 2}  # really on every node
     messages = [{"topic": topics[n % 12], "payload": n} for n in range(120)]
     messages.append({"topic": topics[0], "payload": "k", "key": "once"})
     messages.append({"topic": topics[0], "payload": "k", "key": "once"})
@@ -95,10 +50,10 @@ async def test_multi_topic_batch_spans_nodes_in_order(
 
 
 async def test_single_publishes_and_rate_limit_on_a_cluster(
-    make_ingest: MakeIngest, valkey_cluster: list[ValkeyProcess], topic: str
+    make_ingest: MakeIngest, valkey_cluster: ValkeyCluster, topic: str
 ) -> None:
     ingest = await make_ingest(
-        valkey_url=valkey_cluster[1].url, valkey_cluster=True, rate_limit=RateLimit(5, 60.0)
+        valkey_url=valkey_cluster.nodes[1].url, valkey_cluster=True, rate_limit=RateLimit(5, 60.0)
     )
     codes = [
         (
@@ -107,3 +62,50 @@ async def test_single_publishes_and_rate_limit_on_a_cluster(
         for n in range(6)
     ]
     assert codes == [201] * 5 + [429]
+
+
+@pytest.mark.slow
+async def test_a_dead_primary_fails_only_its_topics(
+    make_ingest: MakeIngest, valkey_cluster: ValkeyCluster, topic: str
+) -> None:
+    """kill -9 one primary: its topics get 503 + Retry-After, the others 201 at normal speed."""
+    ingest = await make_ingest(valkey_url=valkey_cluster.nodes[1].url, valkey_cluster=True)
+    down = valkey_cluster.topics_on(f"{topic}-down", 0, 3)
+    up = valkey_cluster.topics_on(f"{topic}-up1", 1, 3) + valkey_cluster.topics_on(
+        f"{topic}-up2", 2, 3
+    )
+    for name in down + up:
+        assert (await ingest.post(MESSAGES, json={"topic": name, "payload": 0})).status_code == 201
+    valkey_cluster.kill(0)
+    try:
+        took: list[float] = []
+
+        async def post(name: str, n: int) -> httpx.Response:
+            started = time.monotonic()
+            response = await ingest.post(MESSAGES, json={"topic": name, "payload": n})
+            if name in up:
+                took.append(time.monotonic() - started)
+            return response
+
+        for n in range(10):
+            # Concurrent, so they share pipelined round trips with the failing writes.
+            names = [*up, down[n % 3]]
+            responses = await asyncio.gather(*(post(name, n) for name in names))
+            for name, response in zip(names, responses, strict=True):
+                if name in up:
+                    assert response.status_code == 201, response.text
+                else:
+                    assert response.status_code == 503, response.text
+                    assert "retry-after" in response.headers
+        took.sort()
+        assert took[int(len(took) * 0.95)] < 0.5, took
+        # Still taking every other topic: ready, so balancers keep sending producers.
+        assert (await ingest.get("/ready")).status_code == 200
+    finally:
+        valkey_cluster.restart(0)
+    for _ in range(100):
+        response = await ingest.post(MESSAGES, json={"topic": down[0], "payload": "back"})
+        if response.status_code == 201:
+            break
+        await asyncio.sleep(0.1)
+    assert response.status_code == 201, response.text

@@ -8,6 +8,7 @@ import time
 import httpx
 import jwt
 import msgspec
+import pytest
 
 from relay_ingest.app import create_app
 from relaycore.ids import StreamId
@@ -19,6 +20,9 @@ from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyClient
 
 from .conftest import MakeIngest
+
+# Every case runs on the single node and on the three-primary cluster.
+pytestmark = pytest.mark.backends
 
 MESSAGES = "/api/v1/messages"
 BATCH = "/api/v1/messages/batch"

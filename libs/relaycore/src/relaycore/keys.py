@@ -9,6 +9,7 @@ key                            type       holds
 =============================  =========  ==================================================
 ``relay:{<topic>}:s``          stream     the topic's messages (fields ``p``, ``h``, ``v``)
 ``relay:{<topic>}:i:<key>``    string     an idempotency key → the first message's id (TTL)
+``relay:{<topic>}:w``          channel    sharded pub/sub: the newest id after each publish
 ``relay:rl:{<principal>}``     string     a principal's publish counter for the rate limit
 =============================  =========  ==================================================
 
@@ -26,7 +27,9 @@ __all__ = [
     "TOPIC_PATTERN",
     "idempotency_key",
     "is_valid_topic",
+    "key_slot",
     "rate_limit_key",
+    "signal_channel",
     "stream_key",
     "topic_from_stream_key",
 ]
@@ -43,6 +46,27 @@ FIELD_PREVIOUS = b"v"
 def is_valid_topic(topic: str) -> bool:
     # fullmatch: with match(), "$" also accepts a trailing newline ("orders\n").
     return _TOPIC.fullmatch(topic) is not None
+
+
+def key_slot(topic: str) -> int:
+    """The cluster hash slot of every key of ``topic`` (all carry the hash tag ``{topic}``)."""
+    return _crc16(topic.encode()) % 16384
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-CCITT (XMODEM), the checksum Valkey Cluster uses for hash slots."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def signal_channel(topic: str) -> str:
+    """The sharded pub/sub channel the publish functions signal (same slot as the stream)."""
+    return f"relay:{{{topic}}}:w"
 
 
 def stream_key(topic: str) -> str:

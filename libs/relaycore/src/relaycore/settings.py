@@ -158,6 +158,8 @@ class Settings:
     reader_pool_size: int = _env("READER_POOL_SIZE", _positive_int, 4)
     reader_block: float = _env("READER_BLOCK", parse_duration, 0.1)
     reader_count: int = _env("READER_COUNT", _positive_int, 1000)
+    # Valkey Cluster: readers wake on signals; this slow read per node catches lost ones.
+    reader_safety_interval: float = _env("READER_SAFETY_INTERVAL", parse_duration, 2.0)
     topic_linger: float = _env("TOPIC_LINGER", parse_duration, 30.0)
     shutdown_grace: float = _env("SHUTDOWN_GRACE", parse_duration, 25.0)
     shutdown_drain: float = _env("SHUTDOWN_DRAIN", parse_duration, 10.0)

@@ -8,6 +8,12 @@ of the entry written before the new one: a reader that
 resumes after cursor ``c`` and finds the first retained entry's ``v`` ≤ ``c`` knows nothing in
 between was trimmed. XINFO's ``max-deleted-entry-id`` cannot say that (MAXLEN trimming leaves it
 at ``0-0``), and a false "messages were lost" is as wrong as a silent gap.
+
+Every publish function ends by signalling the topic: ``SPUBLISH relay:{<topic>}:w <newest id>``
+(sharded pub/sub, same slot as the stream), which wakes the gateways' cluster readers; with no
+subscriber it costs nothing measurable (``loadtests/cluster/signal_cost.py``). ``relay_pending``
+is the read-only safety check of those readers: which of many streams on one node have entries
+after given ids, in one call.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from relaycore.valkey import ValkeyClient
 __all__ = [
     "FUNCTION_LIBRARY",
     "LIBRARY_NAME",
+    "PENDING_FUNCTION",
     "PUBLISH_FUNCTION",
     "PUBLISH_MANY_FUNCTION",
     "PUBLISH_PAYLOADS_FUNCTION",
@@ -55,6 +62,7 @@ LIBRARY_VERSION = "1"
 PUBLISH_FUNCTION = "relay_publish_v" + LIBRARY_VERSION
 PUBLISH_MANY_FUNCTION = "relay_publish_many_v" + LIBRARY_VERSION
 PUBLISH_PAYLOADS_FUNCTION = "relay_publish_payloads_v" + LIBRARY_VERSION
+PENDING_FUNCTION = "relay_pending_v" + LIBRARY_VERSION
 
 # KEYS[1] stream, KEYS[2] idempotency key (optional).
 # ARGV: payload, headers JSON ('' when none), maxlen, max age ms (0 = off), idempotency TTL ms.
@@ -76,6 +84,14 @@ local function last_id(stream)
     end
   end
   return '0-0'
+end
+
+-- Wakes the gateways that read the topic (cluster mode): SPUBLISH the newest id on the sharded
+-- channel relay:{{<topic>}}:w, which carries the stream's hash tag and so lives in its slot. Only a
+-- hint: readers also run a slow safety read, so a lost signal delays delivery, never loses it.
+-- Without subscribers (standalone gateways never subscribe) it costs one dictionary lookup.
+local function signal(stream, id)
+  server.call('SPUBLISH', string.sub(stream, 1, -2) .. 'w', id)
 end
 
 -- Drops entries older than max_age ms (approximately, whole nodes); 0 turns it off.
@@ -111,6 +127,7 @@ local function publish(keys, args)
   if idem then
     server.call('SET', idem, id, 'PX', args[5])
   end
+  signal(stream, id)
   return {{id, 0}}
 end
 
@@ -160,6 +177,7 @@ local function publish_many(keys, args)
   end
   if wrote then
     trim_by_age(stream, tonumber(args[2]))
+    signal(stream, previous)
   end
   return out
 end
@@ -181,11 +199,35 @@ local function publish_payloads(keys, args)
   end
   if #out > 0 then
     trim_by_age(stream, tonumber(args[2]))
+    signal(stream, previous)
   end
   return out
 end
 
 server.register_function('{PUBLISH_PAYLOADS_FUNCTION}', publish_payloads)
+
+-- A gateway's safety read on a cluster: which of the given streams (all on this node) hold
+-- entries after the given ids: one call per node instead of one XREAD per hash slot.
+-- No KEYS (the streams span slots); ARGV: stream1, id1, stream2, id2, ...
+-- Returns per pair 1 (entries after the id), 0 (none) or -1 (not served here: moved, or the
+-- node is not this slot's primary any more); the caller re-reads those through slot routing.
+local function pending(keys, args)
+  local out = {{}}
+  for i = 1, #args, 2 do
+    local reply = server.pcall('XREAD', 'COUNT', 1, 'STREAMS', args[i], args[i + 1])
+    if type(reply) == 'table' and reply.err then
+      out[#out + 1] = -1
+    elseif reply then
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end
+
+server.register_function{{function_name='{PENDING_FUNCTION}', callback=pending,
+                          flags={{'no-writes', 'allow-cross-slot-keys'}}}}
 """
 
 

@@ -7,21 +7,26 @@ their blocking reads and keep a separate client for everything else.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from glide import (
     AdvancedGlideClientConfiguration,
     AdvancedGlideClusterClientConfiguration,
+    AllPrimaries,
     BackoffStrategy,
     GlideClient,
     GlideClientConfiguration,
     GlideClusterClient,
     GlideClusterClientConfiguration,
+    GlideError,
+    InfoSection,
     NodeAddress,
+    RandomNode,
     ServerCredentials,
     TlsAdvancedConfiguration,
 )
@@ -29,7 +34,7 @@ from glide import (
 if TYPE_CHECKING:
     from relaycore.settings import Settings
 
-__all__ = ["ValkeyClient", "ValkeyDsn", "create_client"]
+__all__ = ["ValkeyClient", "ValkeyDsn", "create_client", "persistence_info"]
 
 ValkeyClient: TypeAlias = GlideClient | GlideClusterClient
 
@@ -148,3 +153,21 @@ async def create_client(
             lazy_connect=lazy,
         )
     )
+
+
+async def persistence_info(client: ValkeyClient) -> Any:
+    """``INFO persistence`` for readiness checks; on a cluster, of the primaries that answer.
+
+    One primary down makes only its topics unavailable (contract §6), so a service stays ready
+    while at least one node answers: pulling every replica out of the load balancer for one
+    shard would stop all topics. Raises :class:`glide.GlideError` when none answers.
+    """
+    if not isinstance(client, GlideClusterClient):
+        return await client.info([InfoSection.PERSISTENCE])
+    try:
+        return await client.info([InfoSection.PERSISTENCE], AllPrimaries())
+    except GlideError:
+        for _ in range(3):
+            with contextlib.suppress(GlideError):
+                return await client.info([InfoSection.PERSISTENCE], RandomNode())
+        raise

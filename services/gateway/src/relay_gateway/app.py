@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 import structlog
-from glide import GlideError, InfoSection
+from glide import GlideError
 from msgspec import Meta
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,7 +56,7 @@ from relaycore.models import Envelope, ErrorBody
 from relaycore.prepared import response_writer
 from relaycore.settings import Settings
 from relaycore.tracing import Tracing
-from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
+from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client, persistence_info
 
 __all__ = ["create_app"]
 
@@ -155,7 +155,7 @@ async def ready(request: Request) -> Response:
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
         async with asyncio.timeout(state.settings.valkey_timeout):
-            info: Any = await state.client.info([InfoSection.PERSISTENCE])
+            info: Any = await persistence_info(state.client)
     except (GlideError, TimeoutError):
         state.metrics.read_errors.inc()
         return JSONResponse({"status": "valkey unreachable"}, status_code=503)

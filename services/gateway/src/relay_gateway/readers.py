@@ -8,9 +8,8 @@ id1..idn``, always from the last id it saw for each topic — never ``$``, so no
 between two reads (or during an outage) is missed. A topic added while a read is blocked joins at
 the next read, within ``RELAY_READER_BLOCK`` (100 ms).
 
-On Valkey Cluster a multi-key XREAD must stay within one hash slot: topics are assigned to
-readers by slot, and a reader issues one non-blocking XREAD per slot (concurrently, since slots
-live on different nodes) and waits ``RELAY_READER_BLOCK`` when all were empty.
+On Valkey Cluster readers do not block or poll: see :mod:`relay_gateway.cluster_reader`
+(wake-ups on the publish signal, reads per hash slot, a slow safety read per node).
 
 When Valkey is unreachable a reader retries with capped exponential backoff (50 ms → 2 s); the
 hub keeps its topics and positions, so after recovery the next read resumes exactly where the
@@ -21,17 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
-from glide import GlideError, StreamReadOptions
+from glide import GlideClusterClient, GlideError
 
+from relay_gateway.cluster_reader import ClusterReader
 from relay_gateway.metrics import GatewayMetrics
+from relay_gateway.streamreads import read_once
 from relaycore.ids import ZERO
+from relaycore.keys import key_slot
 from relaycore.settings import Settings
-from relaycore.streams import parse_entries, stream_info
+from relaycore.streams import stream_info
 from relaycore.valkey import ValkeyClient
 
 if TYPE_CHECKING:
@@ -45,22 +46,6 @@ BACKOFF_START = 0.05
 BACKOFF_CAP = 2.0
 
 
-def _crc16(data: bytes) -> int:
-    """CRC16-CCITT (XMODEM), the checksum Valkey Cluster uses for hash slots."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def key_slot(topic: str) -> int:
-    """The cluster hash slot of every key of ``topic`` (its keys use the hash tag ``{topic}``)."""
-    return _crc16(topic.encode()) % 16384
-
-
 class Reader:
     """One dedicated client reading every topic assigned to it in one blocking XREAD."""
 
@@ -70,12 +55,9 @@ class Reader:
         client: ValkeyClient,
         settings: Settings,
         metrics: GatewayMetrics,
-        *,
-        cluster: bool,
     ) -> None:
         self.index = index
         self.client = client
-        self.cluster = cluster
         self.block_ms = max(1, int(settings.reader_block * 1000))
         self.count = settings.reader_count
         self.slice_bytes = max(1, settings.max_queue_bytes // 8)
@@ -105,10 +87,10 @@ class Reader:
                     await self._wake.wait()
                     continue
                 try:
-                    if self.cluster:
-                        await self._read_by_slot(hub)
-                    else:
-                        await self._read(hub, self.topics, self.block_ms)
+                    await read_once(
+                        hub, self.client, self.topics, self.topics,
+                        count=self.count, slice_bytes=self.slice_bytes, block_ms=self.block_ms,
+                    )  # fmt: skip
                 except GlideError as error:
                     self.metrics.xread_errors.inc()
                     if self.healthy:
@@ -142,63 +124,27 @@ class Reader:
                 log.warning("stream_went_backwards", topic=topic.name, last=str(last))
                 topic.position = ZERO
 
-    async def _read(self, hub: Hub, topics: Mapping[str, Topic], block_ms: int | None) -> bool:
-        """One XREAD over ``topics`` from each one's position; True if anything came back."""
-        snapshot = list(topics.values())
-        streams = {topic.key: str(topic.position) for topic in snapshot}
-        options = StreamReadOptions(block_ms=block_ms, count=self.count)
-        raw = await self.client.xread(streams, options)
-        if not raw:
-            return False
-        by_key = {topic.key: topic for topic in snapshot}
-        for key, raw_entries in raw.items():
-            topic = by_key.get(key.decode())
-            # A topic dropped (and maybe re-created) meanwhile: only feed the live object.
-            if topic is None or self.topics.get(topic.key) is not topic:
-                continue
-            entries = parse_entries(raw_entries)
-            start = 0
-            while start < len(entries):
-                # Fan out in slices of at most a fraction of a connection's queue, yielding in
-                # between so writers move them to their sockets: a burst of one big XREAD
-                # never overflows the queue of a consumer that is keeping up.
-                end, size = start, 0
-                while end < len(entries) and (end == start or size < self.slice_bytes):
-                    size += len(entries[end].payload)
-                    end += 1
-                hub.dispatch(topic, entries[start:end])
-                start = end
-                if start < len(entries):
-                    await asyncio.sleep(0)
-        return True
-
-    async def _read_by_slot(self, hub: Hub) -> None:
-        groups: dict[int, dict[str, Topic]] = defaultdict(dict)
-        for key, topic in self.topics.items():
-            groups[key_slot(topic.name)][key] = topic
-        if len(groups) == 1:
-            await self._read(hub, next(iter(groups.values())), self.block_ms)
-            return
-        results: Sequence[bool] = await asyncio.gather(
-            *(self._read(hub, group, None) for group in groups.values())
-        )
-        if not any(results):
-            await asyncio.sleep(self.block_ms / 1000)
-
 
 class ReaderPool:
-    """``RELAY_READER_POOL_SIZE`` readers; a topic always goes to the same one."""
+    """``RELAY_READER_POOL_SIZE`` readers; a topic always goes to the same one.
+
+    Standalone: each a blocking :class:`Reader`. Valkey Cluster: each a :class:`ClusterReader`
+    owning whole hash slots, woken by the publish signal.
+    """
 
     def __init__(
         self, clients: Sequence[ValkeyClient], settings: Settings, metrics: GatewayMetrics
     ) -> None:
         self.cluster = settings.valkey_cluster
-        self.readers = [
-            Reader(index, client, settings, metrics, cluster=self.cluster)
-            for index, client in enumerate(clients)
-        ]
+        self.readers: list[Reader | ClusterReader] = []
+        for index, client in enumerate(clients):
+            if self.cluster:
+                assert isinstance(client, GlideClusterClient)
+                self.readers.append(ClusterReader(index, client, settings, metrics))
+            else:
+                self.readers.append(Reader(index, client, settings, metrics))
 
-    def reader_for(self, topic: Topic) -> Reader:
+    def reader_for(self, topic: Topic) -> Reader | ClusterReader:
         if self.cluster:
             return self.readers[key_slot(topic.name) % len(self.readers)]
         return self.readers[zlib.crc32(topic.name.encode()) % len(self.readers)]

@@ -4,7 +4,9 @@ Exactness rests on the ``v`` field each entry carries — the id of the entry wr
 stored atomically by the publish function. For a cursor ``c``:
 
 * the first retained entry after ``c`` has ``v <= c`` → nothing after ``c`` is missing:
-  ``recovered``;
+  ``recovered`` — unless ``v < c`` and ``c`` (an id, not a timestamp) is not in the stream:
+  ``c`` named an entry that was lost (a replica took over before it replicated, a reset), so
+  ``reset``, delivery continuing from that entry;
 * its ``v > c`` → entries between were trimmed (retention, MAXLEN): not recovered, ``trimmed``,
   delivery continues from that entry (the oldest retained after ``c``);
 * nothing retained after ``c``: compare with the stream's last generated id ``L``. ``c == L``:
@@ -22,14 +24,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from glide import GlideError
+from glide import GlideError, IdBound
 
 from relay_gateway.hot import Message
 from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic, Unavailable
 from relaycore.ids import MAX_SEQ, ZERO, Cursor, StreamId
+from relaycore.keys import stream_key
 from relaycore.streams import read_after, stream_info
 
-__all__ = ["Resume", "catch_up", "decide", "read_history", "stream_end"]
+__all__ = ["Resume", "catch_up", "decide", "entry_exists", "read_history", "stream_end"]
 
 
 LAST_POSSIBLE_ID = StreamId(MAX_SEQ, MAX_SEQ)
@@ -73,6 +76,17 @@ async def stream_end(hub: Hub, name: str) -> StreamId:
     return info.last_generated_id if info is not None else ZERO
 
 
+async def entry_exists(hub: Hub, topic: Topic, entry_id: StreamId) -> bool:
+    try:
+        raw = await hub.client.xrange(
+            stream_key(topic.name), IdBound(str(entry_id)), IdBound(str(entry_id)), 1
+        )
+    except GlideError as error:
+        hub.metrics.read_errors.inc()
+        raise Unavailable(str(error)) from None
+    return bool(raw)
+
+
 async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
     """Decide how a resume after ``cursor`` goes, with up to ``count`` messages of history."""
     after = cursor.after
@@ -96,7 +110,13 @@ async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
             if not messages:
                 return Resume(False, RESET, [], last, check_first=False, pending_gap=RESET)
             return Resume(False, RESET, messages, ZERO, check_first=False)
-    if messages[0].previous <= after:
+    previous = messages[0].previous
+    if previous < after and not cursor.by_time and not await entry_exists(hub, topic, after):
+        # Later entries chain past the cursor, which is not in the stream: it named an entry
+        # that was lost (a replica took over before it replicated, or the stream was reset),
+        # so entries after it may be lost too — say so instead of skipping silently.
+        return Resume(False, RESET, messages, after, check_first=False)
+    if previous <= after:
         return Resume(True, None, messages, after, check_first=True)
     return Resume(False, TRIMMED, messages, after, check_first=False)
 

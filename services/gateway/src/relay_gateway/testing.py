@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import msgspec
 import websockets
-from glide import Batch, RequestError
+from glide import Batch, ClusterBatch, GlideClusterClient, RequestError
 
 from relay_gateway.app import create_app
 from relaycore.settings import Settings
@@ -58,7 +58,11 @@ async def publish(
     headers: dict[str, str] | None = None,
 ) -> list[str]:
     """Publish JSON payloads exactly as ingest does (the relay_publish function); their ids."""
-    batch = Batch(is_atomic=False)
+    batch: Batch | ClusterBatch = (
+        ClusterBatch(is_atomic=False)
+        if isinstance(client, GlideClusterClient)
+        else Batch(is_atomic=False)
+    )
     encoded_headers = msgspec.json.encode(headers) if headers else None
     for payload in payloads:
         add_publish(batch, topic, msgspec.json.encode(payload), encoded_headers, None, retention)

