@@ -101,13 +101,12 @@ async def test_a_lost_answer_is_retried_without_a_second_write(
     services: ServicesFactory, valkey_client: ValkeyClient, topic: str, batch: bool
 ) -> None:
     async with (
-        services() as local, answer_dropping_proxy(local.ingest.port, drops=2) as proxy,
+        services() as local,
+        answer_dropping_proxy(local.ingest.port, drops=2) as proxy,
         RelayClient(proxy, local.gateway_url) as client,
     ):
         if batch:
-            results = await client.publish_batch(
-                [{"topic": topic, "payload": n} for n in range(3)]
-            )
+            results = await client.publish_batch([{"topic": topic, "payload": n} for n in range(3)])
         else:
             results = [await client.publish(topic, {"n": 1})]
     assert await entry_ids(valkey_client, topic) == [r.id for r in results]

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import msgspec
@@ -211,7 +211,7 @@ class RelayClient:
         self,
         topic: str,
         since: str | None = None,
-        transport: Transport | Literal["ws", "sse", "poll"] = "ws",
+        transport: Transport | str = "ws",
     ) -> Subscription:
         """An async iterator of :class:`Message` and :class:`Gap` items of ``topic``.
 
