@@ -126,7 +126,8 @@ async def test_tail_resumes_across_a_gateway_restart_and_ctrl_c_exits_0(
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
-            assert tail.stdout is not None and tail.stderr is not None
+            assert tail.stdout is not None
+            assert tail.stderr is not None
 
             async def publish(numbers: range) -> None:
                 # The SDK publishes here: the tail under test is the subprocess.
