@@ -103,6 +103,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _public_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("expected an http:// or https:// URL, or empty")
+    return value
+
+
 def _valkey_url(text: str) -> str:
     # Imported here: settings must stay importable without the Valkey client stack.
     from relaycore.valkey import ValkeyDsn
@@ -154,6 +161,9 @@ class Settings:
     # Listeners and processes
     ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
     ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
+    # Where browsers reach ingest (the gateway's /ui page publishes there); empty: the page's
+    # own host on port 8080.
+    public_ingest_url: str = _env("PUBLIC_INGEST_URL", _public_url, "")
     gateway_host: str = _env("GATEWAY_HOST", str, "0.0.0.0")
     gateway_port: int = _env("GATEWAY_PORT", parse_port, 8081)
     workers: int = _env("WORKERS", _positive_int, 1)
