@@ -111,6 +111,8 @@ class _PollAnswer(msgspec.Struct):
 
 
 _ws_event = msgspec.json.Decoder(_WsEvent)
+# How the gateway starts a message event; any other spelling takes the general path.
+_MESSAGE_PREFIX = '{"op":"message",'
 _envelope = msgspec.json.Decoder(Message)
 _gap = msgspec.json.Decoder(_GapEvent)
 _poll = msgspec.json.Decoder(_PollAnswer)
@@ -169,6 +171,9 @@ class Subscription:
     async def _run(self) -> AsyncGenerator[Item, None]:
         policy = self.client.subscribe_retry
         failing_since: float | None = None
+        # The cursor's sort key, recomputed only when a session moved the cursor itself.
+        last_cursor: str | None = None
+        last_key = (-1, -1)
         sessions = {"ws": self._websocket, "sse": self._sse, "poll": self._long_poll}
         while True:
             try:
@@ -186,14 +191,15 @@ class Subscription:
                         reason = "reset" if id_key(item.id) <= id_key(cursor) else "trimmed"
                         self._after_gap = True
                         yield Gap(topic=self.topic, reason=reason, from_id=item.id)
-                    if (
-                        not self._after_gap
-                        and self.cursor is not None
-                        and id_key(item.id) <= id_key(self.cursor)
-                    ):
-                        continue  # already yielded before a reconnect
+                    key = id_key(item.id)
+                    if not self._after_gap and self.cursor is not None:
+                        if self.cursor is not last_cursor:  # set by a (re)connection
+                            last_cursor, last_key = self.cursor, id_key(self.cursor)
+                        if key <= last_key:
+                            continue  # already yielded before a reconnect
                     self._after_gap = False
-                    self.cursor = item.id
+                    self.cursor = last_cursor = item.id
+                    last_key = key
                     yield item
                 raise _Reconnect("the gateway ended the stream")
             except _Reconnect as reconnect:
@@ -242,6 +248,10 @@ class Subscription:
                 async for raw in ws:
                     text = raw if isinstance(raw, str) else raw.decode()
                     for line in text.split("\n"):
+                        if line.startswith(_MESSAGE_PREFIX):
+                            # The hot path: straight into a Message ("op" is ignored).
+                            yield _envelope.decode(line)
+                            continue
                         event = _ws_event.decode(line)
                         op = event.op
                         if op == "message":
