@@ -154,3 +154,28 @@ async def test_tail_resumes_across_a_gateway_restart_and_ctrl_c_exits_0(
             if tail.returncode is None:
                 tail.kill()
                 await tail.wait()
+
+
+async def test_ctrl_c_stops_a_publish_waiting_on_stdin(
+    services: ServicesFactory, topic: str
+) -> None:
+    async with services() as local:
+        process = await asyncio.create_subprocess_exec(
+            RELAY, "publish", topic, env=cli_env(local.ingest_url, local.gateway_url),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            process.stdin.write(b'{"n": 1}\n')
+            await process.stdin.drain()
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line.strip()
+            process.send_signal(signal.SIGINT)  # while it waits for the next line
+            code = await asyncio.wait_for(process.wait(), 15)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert code == 0

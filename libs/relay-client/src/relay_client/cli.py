@@ -16,8 +16,9 @@ import datetime
 import json
 import os
 import signal
+import stat
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn, TextIO
 
@@ -36,6 +37,8 @@ __all__ = ["cli", "main"]
 # How long ``tail`` keeps reconnecting once it has been connected (a gateway restart takes
 # seconds); the first connection fails at once instead, so a wrong URL is reported quickly.
 TAIL_RECONNECT_FOR = 120.0
+# Longest line ``relay publish`` reads from a pipe (ingest's default body limit is 1 MiB).
+STDIN_LINE_LIMIT = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,30 @@ def cli(ctx: click.Context, ingest: str, gateway: str, token: str | None) -> Non
     ctx.obj = Options(ingest=ingest, gateway=gateway, token=token or None)
 
 
-def _stdin_lines() -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(sys.stdin, start=1):
-        if line.strip():
-            yield number, line
+async def _stdin_lines() -> AsyncIterator[tuple[int, str]]:
+    """Non-empty lines of standard input with their numbers, read without blocking the loop
+    (so Ctrl-C stops ``relay publish`` at once even while it waits for the next line)."""
+    number = 0
+    if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+        for line in sys.stdin:  # a regular file: reads never wait
+            number += 1
+            if line.strip():
+                yield number, line
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STDIN_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        try:
+            raw = await reader.readline()
+        except ValueError:  # asyncio's LimitOverrunError surfaces as ValueError here
+            _fail(f"an input line is longer than {STDIN_LINE_LIMIT} bytes")
+        if not raw:
+            return
+        number += 1
+        text = raw.decode()
+        if text.strip():
+            yield number, text
 
 
 @cli.command()
@@ -197,7 +220,7 @@ def publish(
             if payload is not None:
                 await one(value, key)
                 return
-            for number, line in _stdin_lines():
+            async for number, line in _stdin_lines():
                 await one(_parse_json(line, f"on line {number}"), None)
 
     _run(run())

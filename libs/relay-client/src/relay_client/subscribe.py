@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import msgspec
 import websockets
-from httpx_sse import aconnect_sse
+from httpx_sse import SSEError, aconnect_sse
 
 from relay_client.errors import (
     AuthenticationError,
@@ -373,5 +373,5 @@ class Subscription:
                         yield Gap(topic=gap.topic, reason=gap.reason, from_id=gap.from_)
         except httpx.TransportError as error:
             raise _Reconnect(f"SSE stream broke: {error!r}") from None
-        except msgspec.DecodeError as error:
-            raise ProtocolError(f"undecodable SSE event: {error}") from None
+        except (msgspec.DecodeError, SSEError) as error:
+            raise ProtocolError(f"not a relay SSE stream: {error}") from None
