@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -39,6 +40,17 @@ async def wait_for(predicate: Callable[[], bool], within: float = 30.0) -> None:
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110  # polls state the iterator task updates
             await asyncio.sleep(0.02)
+
+
+async def wait_for_gauge(client: RelayClient, gateway: str, transport: str, value: float) -> None:
+    pattern = re.compile(rf'^relay_gateway_connections{{transport="{transport}"}} (\S+)$', re.M)
+    async with asyncio.timeout(5):
+        while True:
+            text = (await client.http.get(gateway + "/metrics")).text
+            match = pattern.search(text)
+            if match is not None and float(match.group(1)) == value:
+                return
+            await asyncio.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -109,6 +121,9 @@ async def test_since_replays_history_then_live(
             await wait_for(lambda: len(items) >= 3)
             await client.publish(topic, {"n": 3})
             await asyncio.wait_for(reader, 15)
+        if transport != "poll":  # (a long-poll in flight ends with its timeout on the server)
+            # Leaving the block closes the stream: the gateway sees the connection go.
+            await wait_for_gauge(client, local.gateway_url, transport, 0.0)
     assert [m.payload["n"] for m in items] == [0, 1, 2, 3]
     assert items[0].id == first.id
     assert items[0].ts == first.ts

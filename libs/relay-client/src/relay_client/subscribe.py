@@ -14,10 +14,11 @@ WebSocket resume) and ``recovered: false`` on a long-poll answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,6 +142,8 @@ class Subscription:
         self._gap_from_cursor: str | None = None
         self._after_gap = False
         self._attempt = 0
+        # When the current run of failed (re)connections began; None while connected.
+        self._failing_since: float | None = None
         self._iterator = self._run()
 
     # -- iterator protocol --------------------------------------------------------------------
@@ -170,43 +173,45 @@ class Subscription:
 
     async def _run(self) -> AsyncGenerator[Item, None]:
         policy = self.client.subscribe_retry
-        failing_since: float | None = None
         # The cursor's sort key, recomputed only when a session moved the cursor itself.
         last_cursor: str | None = None
         last_key = (-1, -1)
         sessions = {"ws": self._websocket, "sse": self._sse, "poll": self._long_poll}
         while True:
             try:
-                async for item in sessions[self.transport]():
-                    failing_since = None
-                    if isinstance(item, Gap):
-                        self._gap_from_cursor = None
-                        self._after_gap = True
+                # aclosing: stopping the iteration closes the session's connection now.
+                async with contextlib.aclosing(sessions[self.transport]()) as session:
+                    async for item in session:
+                        if isinstance(item, Gap):
+                            self._gap_from_cursor = None
+                            self._after_gap = True
+                            yield item
+                            continue
+                        if self._gap_from_cursor is not None:
+                            # A resume the gateway could not recover: say so before the message.
+                            cursor = self._gap_from_cursor
+                            self._gap_from_cursor = None
+                            reason = "reset" if id_key(item.id) <= id_key(cursor) else "trimmed"
+                            self._after_gap = True
+                            yield Gap(topic=self.topic, reason=reason, from_id=item.id)
+                        key = id_key(item.id)
+                        if not self._after_gap and self.cursor is not None:
+                            if self.cursor is not last_cursor:  # set by a (re)connection
+                                last_cursor, last_key = self.cursor, id_key(self.cursor)
+                            if key <= last_key:
+                                continue  # already yielded before a reconnect
+                        self._after_gap = False
+                        self.cursor = last_cursor = item.id
+                        last_key = key
                         yield item
-                        continue
-                    if self._gap_from_cursor is not None:
-                        # A resume the gateway could not recover: say so before the message.
-                        cursor = self._gap_from_cursor
-                        self._gap_from_cursor = None
-                        reason = "reset" if id_key(item.id) <= id_key(cursor) else "trimmed"
-                        self._after_gap = True
-                        yield Gap(topic=self.topic, reason=reason, from_id=item.id)
-                    key = id_key(item.id)
-                    if not self._after_gap and self.cursor is not None:
-                        if self.cursor is not last_cursor:  # set by a (re)connection
-                            last_cursor, last_key = self.cursor, id_key(self.cursor)
-                        if key <= last_key:
-                            continue  # already yielded before a reconnect
-                    self._after_gap = False
-                    self.cursor = last_cursor = item.id
-                    last_key = key
-                    yield item
                 raise _Reconnect("the gateway ended the stream")
             except _Reconnect as reconnect:
                 now = time.monotonic()
-                failing_since = failing_since or now
+                if self._failing_since is None:
+                    self._failing_since = now
                 delay = policy.delay(self._attempt, reconnect.retry_after)
-                if policy.deadline is not None and now - failing_since + delay > policy.deadline:
+                failing_for = now - self._failing_since
+                if policy.deadline is not None and failing_for + delay > policy.deadline:
                     raise UnavailableError(
                         f"gave up reconnecting to {self.client.gateway_url}: {reconnect}"
                     ) from None
@@ -220,6 +225,7 @@ class Subscription:
     def _established(self) -> None:
         self.state = "live"
         self._attempt = 0
+        self._failing_since = None
 
     def _resumed(self, recovered: bool | None, cursor: str | None) -> None:
         if recovered is False and cursor is not None:
@@ -227,7 +233,7 @@ class Subscription:
 
     # -- transports ---------------------------------------------------------------------------
 
-    async def _websocket(self) -> AsyncIterator[Item]:
+    async def _websocket(self) -> AsyncGenerator[Item, None]:
         url = re.sub(r"^http", "ws", self.client.gateway_url) + "/api/v1/ws"
         token = self.client.token
         headers = {"authorization": f"Bearer {token}"} if token else None
@@ -241,6 +247,8 @@ class Subscription:
                 additional_headers=headers,
                 compression=None,
                 open_timeout=10,
+                # A dead peer must not hold a reconnect for websockets' default 10 s.
+                close_timeout=2,
                 max_size=None,
                 max_queue=64,
             ) as ws:
@@ -324,7 +332,7 @@ class Subscription:
             raise _Reconnect(f"gateway answered {status}", retry_after)
         raise error_from_response(status, response.content, dict(response.headers))
 
-    async def _long_poll(self) -> AsyncIterator[Item]:
+    async def _long_poll(self) -> AsyncGenerator[Item, None]:
         if self.cursor is None:
             await self._anchor()
             # The gateway answered: the first long-poll is now waiting on live messages.
@@ -347,7 +355,7 @@ class Subscription:
             if not answer.messages:
                 self.cursor = answer.next
 
-    async def _sse(self) -> AsyncIterator[Item]:
+    async def _sse(self) -> AsyncGenerator[Item, None]:
         await self._anchor()
         params = {"topic": self.topic}
         if self.cursor is not None:
