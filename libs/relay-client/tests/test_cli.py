@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -179,3 +181,47 @@ async def test_ctrl_c_stops_a_publish_waiting_on_stdin(
                 process.kill()
                 await process.wait()
     assert code == 0
+
+
+async def on_a_terminal(*args: str, env: dict[str, str]) -> str:
+    """Run ``relay`` with its standard output on a pseudo-terminal; what it wrote there."""
+    main, child = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            RELAY, *args, env=env | {"COLUMNS": "100", "TERM": "xterm-256color"},
+            stdin=asyncio.subprocess.DEVNULL, stdout=child, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        os.close(child)
+        child = -1
+        output = bytearray()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                chunk = await loop.run_in_executor(None, os.read, main, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if child >= 0:
+            os.close(child)
+        os.close(main)
+    return output.decode()
+
+
+async def test_rich_output_on_a_terminal(services: ServicesFactory, topic: str) -> None:
+    async with services() as local, RelayClient(local.ingest_url) as client:
+        env = cli_env(local.ingest_url, local.gateway_url)
+        published = await client.publish(topic, {"order": 42, "items": ["tea"]})
+        shown = await on_a_terminal("tail", topic, "--since", "0", "--count", "1", env=env)
+        table = await on_a_terminal("info", topic, env=env)
+    assert "\x1b[" in shown  # styled
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", shown)
+    assert published.id in plain
+    assert '"order": 42' in plain  # pretty-printed over several lines
+    assert len(plain.strip().splitlines()) > 3
+    assert "last_id" in table
+    assert published.id in table
+    assert not table.lstrip().startswith("{")  # a table, not the piped JSON
