@@ -42,6 +42,7 @@ async def relay(
     return process.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_publish_tail_info(services: ServicesFactory, topic: str) -> None:
     async with services() as local:
         env = cli_env(local.ingest_url, local.gateway_url)
@@ -70,6 +71,7 @@ async def test_publish_tail_info(services: ServicesFactory, topic: str) -> None:
         assert "retention" in info
 
 
+@pytest.mark.slow
 async def test_failures_exit_1_with_one_line(
     services: ServicesFactory, jwt_secret: str, make_jwt: Callable[..., str], topic: str
 ) -> None:

@@ -116,7 +116,9 @@ async def test_since_replays_history_then_live(
         first = await client.publish(topic, {"n": 0}, headers={"source": "sdk"})
         await client.publish_batch([{"topic": topic, "payload": {"n": n}} for n in (1, 2)])
         items: list[Any] = []
-        async with client.subscribe(topic, since="0", transport=transport) as sub:
+        # Any cursor form: "0", or the first message's ms timestamp (an int is fine too).
+        since = {"ws": "0", "sse": str(first.ts), "poll": first.ts}[transport]
+        async with client.subscribe(topic, since=since, transport=transport) as sub:
             reader = asyncio.create_task(collect(sub, items, 4))
             await wait_for(lambda: len(items) >= 3)
             await client.publish(topic, {"n": 3})

@@ -210,7 +210,7 @@ class RelayClient:
     def subscribe(
         self,
         topic: str,
-        since: str | None = None,
+        since: str | int | None = None,
         transport: Transport | str = "ws",
     ) -> Subscription:
         """An async iterator of :class:`Message` and :class:`Gap` items of ``topic``.

@@ -127,7 +127,11 @@ class Subscription:
     """
 
     def __init__(
-        self, client: RelayClient, topic: str, since: str | None, transport: Transport | str
+        self,
+        client: RelayClient,
+        topic: str,
+        since: str | int | None,
+        transport: Transport | str,
     ) -> None:
         check_topic(topic)
         if transport not in ("ws", "sse", "poll"):
@@ -135,7 +139,8 @@ class Subscription:
         self.client = client
         self.topic = topic
         self.transport: Transport = transport
-        self.cursor: str | None = since
+        # A bare millisecond timestamp may come as an int; every cursor is a string on the wire.
+        self.cursor: str | None = None if since is None else str(since)
         self.state: State = "connecting"
         self.reconnects = 0
         # The cursor a not-recovered resume started from, until the first message after it.
