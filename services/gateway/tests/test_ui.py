@@ -14,11 +14,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from playwright.async_api import (
     Browser,
@@ -284,3 +286,45 @@ async def test_page_falls_back_to_sse_when_websockets_are_blocked(
         await page.close()
     assert len(blocked) == 2
     assert console.errors == []
+
+
+@pytest.mark.slow
+async def test_with_jwt_the_page_uses_its_token_and_stops_without_one(
+    browser: Browser, valkey_url: str, topic: str
+) -> None:
+    secret = "ui-test-secret-with-enough-bytes-for-hs256"
+    claims = {"sub": "ui", "exp": int(time.time()) + 300,
+              "topics": {"publish": [topic], "subscribe": [topic]}}  # fmt: skip
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    jwt_env = {"RELAY_AUTH": "jwt", "RELAY_JWT_SECRET": secret}
+    ingest = ServiceProcess("ingest", valkey_url, **jwt_env)
+    settings = gateway_settings(
+        valkey_url, auth="jwt", jwt_secret=secret, public_ingest_url=ingest.url
+    )
+    try:
+        async with run_gateway(settings) as gateway:
+            # With RELAY_AUTH=jwt, CORS needs the page's origin listed.
+            ingest.env["RELAY_ALLOWED_ORIGINS"] = gateway.url
+            await ingest.start()
+            page = await browser.new_page()
+            console = Console(page)
+            await page.goto(f"{gateway.url}/ui?topic={topic}&token={token}")
+            await expect(page.locator("#status")).to_have_text("live")
+            await page.fill("#publish-payload", '{"signed": true}')
+            await page.click("#publish")
+            result = page.locator("#publish-result")
+            await expect(result).to_have_text(re.compile(r"^published "))
+            published = await result.get_attribute("data-id")
+            await expect(page.locator(f'#messages > [data-id="{published}"]')).to_have_count(1)
+
+            anonymous = await browser.new_page()
+            anonymous_console = Console(anonymous)
+            await anonymous.goto(f"{gateway.url}/ui?topic={topic}")
+            await expect(anonymous.locator("#status")).to_have_text("failed")
+            await expect(anonymous.locator("#count")).to_contain_text("unauthorized")
+            await page.close()
+            await anonymous.close()
+    finally:
+        await ingest.close()
+    assert console.errors == []
+    assert anonymous_console.errors == []
