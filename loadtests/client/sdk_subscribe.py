@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import sys
 import time
 import uuid
 
@@ -30,20 +31,54 @@ def _pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(pid, cpus)
 
 
-async def _measure(client: RelayClient, topic: str, transport: str, expected: int) -> str:
+_PUBLISHER = """
+import asyncio, sys
+from relay_client import RelayClient
+async def main(url, topic, count, payload):
+    async with RelayClient(url) as client:
+        for start in range(0, count, 1000):
+            size = min(1000, count - start)
+            await client.publish_batch([{"topic": topic, "payload": payload}] * size)
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), {"note": "x" * int(sys.argv[4])}))
+"""
+
+
+async def _measure(
+    client: RelayClient, ingest_url: str, topic: str, transport: str, expected: int,
+    *, live: bool, payload: int, server_cpus: set[int],
+) -> str:  # fmt: skip
     count = 0
-    started_wall = time.perf_counter()
-    started_cpu = time.process_time()
-    async with client.subscribe(topic, since="0", transport=transport) as stream:
+    publisher = None
+    async with client.subscribe(topic, since=None if live else "0", transport=transport) as stream:
+        if live:
+            # A publisher of its own, on the services' core, once the subscription is live.
+            waiting = asyncio.ensure_future(anext(stream))
+            while stream.state != "live":  # noqa: ASYNC110  # the iterator task sets it
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            publisher = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _PUBLISHER, ingest_url, topic, str(expected),
+                str(payload),
+            )  # fmt: skip
+            _pin(publisher.pid, server_cpus)
+        if live:
+            # The clock starts at the first message: the publisher's start-up is not counted.
+            first = await waiting
+            count += isinstance(first, Message)
+        started_wall = time.perf_counter()
+        started_cpu = time.process_time()
         async for item in stream:
             if isinstance(item, Message):
                 count += 1
                 if count == expected:
                     break
-    wall = time.perf_counter() - started_wall
-    cpu = time.process_time() - started_cpu
+        wall = time.perf_counter() - started_wall
+        cpu = time.process_time() - started_cpu
+    if publisher is not None:
+        await publisher.wait()
+    mode = "live" if live else "catch-up"
     return (
-        f"| {transport} | {count:,} | {wall:.2f} | {count / wall:,.0f} | {cpu:.2f} "
+        f"| {transport} | {mode} | {count:,} | {wall:.2f} | {count / wall:,.0f} | {cpu:.2f} "
         f"| {count / cpu:,.0f} |"
     )
 
@@ -70,11 +105,23 @@ async def _main(args: argparse.Namespace) -> None:
                     await client.publish_batch([{"topic": topic, "payload": payload}] * size)
                 print(f"SDK pinned to CPU {sorted(sdk_cpu)}, services to {sorted(server_cpus)}; "
                       f"{args.messages:,} messages of ~{args.payload} B payload")  # fmt: skip
-                print("| transport | messages | wall s | msg/s (wall) | SDK CPU s "
+                print("| transport | mode | messages | wall s | msg/s (wall) | SDK CPU s "
                       "| msg/s per SDK core |")  # fmt: skip
-                print("|---|---|---|---|---|---|")
+                print("|---|---|---|---|---|---|---|")
                 for transport in args.transports.split(","):
-                    print(await _measure(client, topic, transport, args.messages), flush=True)
+                    row = await _measure(
+                        client, ingest.url, topic, transport, args.messages, live=False,
+                        payload=args.payload, server_cpus=server_cpus,
+                    )  # fmt: skip
+                    print(row, flush=True)
+                if args.live:
+                    for transport in args.transports.split(","):
+                        live_topic = f"{topic}-live-{transport}"
+                        row = await _measure(
+                            client, ingest.url, live_topic, transport, args.messages, live=True,
+                            payload=args.payload, server_cpus=server_cpus,
+                        )  # fmt: skip
+                        print(row, flush=True)
 
 
 def main() -> None:
@@ -82,6 +129,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--payload", type=int, default=100, help="approximate payload bytes")
     parser.add_argument("--transports", default="ws,sse,poll")
+    parser.add_argument(
+        "--live", action="store_true",
+        help="also measure live delivery (a publisher process publishing while subscribed)",
+    )  # fmt: skip
     asyncio.run(_main(parser.parse_args()))
 
 
