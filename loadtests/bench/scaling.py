@@ -36,7 +36,7 @@ from pathlib import Path
 
 import uvloop
 
-from relaycore.testing import Deployment, ServiceProcess, ValkeyProcess, descendants
+from relaycore.testing import DeployedProcess, Deployment, ValkeyProcess, descendants
 
 from .pool import WorkerPool, split
 from .procstat import MACHINE, CpuMeter, rss_kib
@@ -69,7 +69,7 @@ class _Ingest:
         return b'{"topic":"%s","payload":%s}' % (topic.encode(), payload)
 
 
-def _tree(name: str, service: ServiceProcess) -> dict[str, int]:
+def _tree(name: str, service: DeployedProcess) -> dict[str, int]:
     """CpuMeter entries for a service process and its workers (``RELAY_WORKERS`` > 1)."""
     return {name: service.pid, **{f"{name}/{pid}": pid for pid in descendants(service.pid)}}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,13 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 def _retention_rules(text: str) -> tuple[RetentionRule, ...]:
     return parse_retention_rules(text)
+
+
+def _public_url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("expected an http:// or https:// URL, or empty")
+    return value
 
 
 def _valkey_url(text: str) -> str:
@@ -117,6 +125,9 @@ class Settings:
     # Listeners and processes
     ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
     ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
+    # Where browsers reach ingest (the gateway's /ui page publishes there); empty: the page's
+    # own host on port 8080.
+    public_ingest_url: str = _env("PUBLIC_INGEST_URL", _public_url, "")
     gateway_host: str = _env("GATEWAY_HOST", str, "0.0.0.0")
     gateway_port: int = _env("GATEWAY_PORT", parse_port, 8081)
     workers: int = _env("WORKERS", _positive_int, 1)

@@ -38,6 +38,7 @@ from relay_gateway.readers import ReaderPool
 from relay_gateway.shutdown import Drain
 from relay_gateway.sse import sse_endpoint
 from relay_gateway.state import GatewayState, gateway_state
+from relay_gateway.ui import ui_routes
 from relay_gateway.websocket import ClientFrame, websocket_endpoint
 from relaycore.auth import Authenticator
 from relaycore.errors import answer_unhandled
@@ -297,6 +298,7 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
+            *ui_routes(settings),
         ],
         middleware=cors_middleware(settings, ["GET"]),
         exception_handlers=exception_handlers(),

@@ -5,10 +5,12 @@ Nothing here fakes Valkey: :class:`ValkeyProcess` runs the real ``valkey-server`
 """
 
 from relaycore.testing.cluster import ValkeyCluster
-from relaycore.testing.deployment import Deployment, ServiceProcess, descendants, kill_tree
+from relaycore.testing.deployment import DeployedProcess, Deployment, descendants, kill_tree
+from relaycore.testing.processes import ServiceProcess
 from relaycore.testing.servers import UvicornServer, ValkeyProcess, free_port
 
 __all__ = [
+    "DeployedProcess",
     "Deployment",
     "ServiceProcess",
     "UvicornServer",

@@ -28,13 +28,13 @@ from types import TracebackType
 
 from relaycore.testing.servers import free_port
 
-__all__ = ["Deployment", "ServiceProcess", "descendants", "kill_tree"]
+__all__ = ["DeployedProcess", "Deployment", "descendants", "kill_tree"]
 
 HOST = "127.0.0.1"
 
 
 @dataclass
-class ServiceProcess:
+class DeployedProcess:
     """One started service process: ``relay_ingest`` or ``relay_gateway`` on ``port``."""
 
     module: str
@@ -107,12 +107,12 @@ class Deployment:
     settings: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
     stop_timeout: float = 30.0
-    ingest: list[ServiceProcess] = field(default_factory=list)
-    gateway: list[ServiceProcess] = field(default_factory=list)
+    ingest: list[DeployedProcess] = field(default_factory=list)
+    gateway: list[DeployedProcess] = field(default_factory=list)
     _logs: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="relay-deploy-")))
 
     @property
-    def processes(self) -> list[ServiceProcess]:
+    def processes(self) -> list[DeployedProcess]:
         return [*self.ingest, *self.gateway]
 
     def _env(self, port_variable: str, port: int) -> dict[str, str]:
@@ -131,7 +131,7 @@ class Deployment:
         env[port_variable] = str(port)
         return env
 
-    async def _spawn(self, module: str, port_variable: str, index: int) -> ServiceProcess:
+    async def _spawn(self, module: str, port_variable: str, index: int) -> DeployedProcess:
         port = free_port()
         log = self._logs / f"{module}-{index}.log"
         with log.open("wb") as output:
@@ -144,7 +144,7 @@ class Deployment:
                 stdout=output,
                 stderr=asyncio.subprocess.STDOUT,
             )
-        return ServiceProcess(module, port, log, process)
+        return DeployedProcess(module, port, log, process)
 
     async def start(self) -> None:
         try:
