@@ -342,7 +342,10 @@ async def test_users_connect_to_a_cluster(tmp_path: Path, user: tuple[str, str])
         finally:
             await admin.close()
         client = await create_client(
-            ValkeyDsn.from_dsn(server.url_for(*user)), cluster=True, name="relay-cluster", lazy=False
+            ValkeyDsn.from_dsn(server.url_for(*user)),
+            cluster=True,
+            name="relay-cluster",
+            lazy=False,
         )
         try:
             assert await client.custom_command(["PING"]) == b"PONG"

@@ -218,7 +218,9 @@ def create_app(
     drainer = drain or Drain(settings)
 
     async def metrics(request: Request) -> Response:
-        return metrics_endpoint(gateway_state(request).metrics.registry)
+        state = gateway_state(request)
+        await state.metrics.refresh_valkey(state.client, limit=state.settings.valkey_timeout)
+        return metrics_endpoint(state.metrics.registry)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)

@@ -106,7 +106,9 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return metrics_endpoint(ingest_state(request).metrics.registry)
+    state = ingest_state(request)
+    await state.metrics.refresh_valkey(state.client, limit=state.settings.valkey_timeout)
+    return metrics_endpoint(state.metrics.registry)
 
 
 async def openapi(request: Request) -> Response:
