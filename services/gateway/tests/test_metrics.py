@@ -101,20 +101,22 @@ async def test_valkey_errors_and_health_gauges_follow_an_outage(
     ):
         await ws.subscribe(topic)
         healthy = await scrape(http)
-        assert healthy["relay_valkey_up"] == 1
-        assert healthy["relay_valkey_loading"] == 0
-        assert healthy["relay_valkey_persistence_ok"] == 1
-        assert healthy["relay_valkey_aof_enabled"] == 1
+        assert healthy['relay_valkey_up{service="gateway"}'] == 1
+        assert healthy['relay_valkey_loading{service="gateway"}'] == 0
+        assert healthy['relay_valkey_persistence_ok{service="gateway"}'] == 1
+        assert healthy['relay_valkey_aof_enabled{service="gateway"}'] == 1
+        assert healthy['relay_ready{service="gateway"}'] == 1
         valkey_process.stop()
         await asyncio.sleep(1.0)  # the blocked XREAD fails; readers retry with backoff
         down = await scrape(http)
-        assert down["relay_valkey_up"] == 0
+        assert down['relay_valkey_up{service="gateway"}'] == 0
+        assert down['relay_ready{service="gateway"}'] == 0
         errors = 'relay_valkey_errors_total{operation="%s",service="gateway"}'
         assert down[errors % "xread"] >= 1
         assert down[errors % "info"] >= 1
         valkey_process.start()
         for _ in range(100):
-            if (await scrape(http))["relay_valkey_up"] == 1:
+            if (await scrape(http))['relay_valkey_up{service="gateway"}'] == 1:
                 break
             await asyncio.sleep(0.1)
         else:

@@ -52,46 +52,57 @@ class CommonMetrics:
             registry=self.registry,
         )
         self.service = service
+
         # Refreshed by every scrape (``refresh_valkey``): what the alerts need without giving the
-        # services' ACL users anything new (both already run INFO on connect).
-        self.valkey_up = Gauge(
+        # services' ACL users anything new (both already run INFO on connect). Labelled by
+        # service so one alert can tell a gateway from an ingest.
+        def gauge(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, ["service"], registry=self.registry).labels(service)
+
+        self.valkey_up = gauge(
             "relay_valkey_up",
             "1 when this process's Valkey client answered INFO persistence at the last scrape",
-            registry=self.registry,
         )
-        self.valkey_loading = Gauge(
+        self.valkey_loading = gauge(
             "relay_valkey_loading",
             "1 while Valkey is loading its data set (AOF replay after a restart)",
-            registry=self.registry,
         )
-        self.valkey_persistence_ok = Gauge(
+        self.valkey_persistence_ok = gauge(
             "relay_valkey_persistence_ok",
             "1 when Valkey's last AOF write, AOF rewrite and RDB save all succeeded "
             "(INFO persistence); 0 when any failed; unchanged while Valkey is unreachable",
-            registry=self.registry,
         )
-        self.valkey_aof_enabled = Gauge(
+        self.valkey_aof_enabled = gauge(
             "relay_valkey_aof_enabled",
             "1 when Valkey runs with appendonly yes (INFO persistence aof_enabled)",
-            registry=self.registry,
+        )
+        self.ready = gauge(
+            "relay_ready",
+            "1 when /ready would answer 200 at the last scrape (Valkey reachable and not "
+            "loading, the service not draining, its readers or write path healthy)",
         )
 
-    async def refresh_valkey(self, client: ValkeyClient, *, limit: float) -> None:
-        """Probe Valkey once (``INFO persistence``, at most ``limit`` s) into the gauges."""
+    async def refresh_valkey(self, client: ValkeyClient, *, limit: float) -> bool:
+        """Probe Valkey once (``INFO persistence``, at most ``limit`` s) into the gauges.
+
+        True when Valkey answered and is not loading (what ``/ready`` also requires).
+        """
         try:
             async with asyncio.timeout(limit):
                 info: Any = await client.info([InfoSection.PERSISTENCE])
         except (GlideError, TimeoutError):
             self.valkey_errors.labels(self.service, "info").inc()
             self.valkey_up.set(0)
-            return
+            return False
         # A cluster client answers one text per node: every node must be healthy.
         replies: list[bytes] = list(info.values()) if isinstance(info, dict) else [info]
         replies = [r.encode() if isinstance(r, str) else r for r in replies]
         self.valkey_up.set(1)
-        self.valkey_loading.set(float(any(b"loading:1" in r for r in replies)))
+        loading = any(b"loading:1" in r for r in replies)
+        self.valkey_loading.set(float(loading))
         self.valkey_persistence_ok.set(float(all(persistence_ok(r) for r in replies)))
         self.valkey_aof_enabled.set(float(all(b"aof_enabled:1" in r for r in replies)))
+        return not loading
 
 
 def persistence_ok(info: bytes) -> bool:

@@ -219,7 +219,11 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         state = gateway_state(request)
-        await state.metrics.refresh_valkey(state.client, limit=state.settings.valkey_timeout)
+        valkey_ok = await state.metrics.refresh_valkey(
+            state.client, limit=state.settings.valkey_timeout
+        )
+        ready = valkey_ok and state.readers.healthy and not state.drain.draining
+        state.metrics.ready.set(float(ready))
         return metrics_endpoint(state.metrics.registry)
 
     async def openapi_json(request: Request) -> Response:

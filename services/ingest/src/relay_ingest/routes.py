@@ -107,7 +107,11 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state = ingest_state(request)
-    await state.metrics.refresh_valkey(state.client, limit=state.settings.valkey_timeout)
+    valkey_ok = await state.metrics.refresh_valkey(
+        state.client, limit=state.settings.valkey_timeout
+    )
+    ready = valkey_ok and state.pipeline.available and not state.draining
+    state.metrics.ready.set(float(ready))
     return metrics_endpoint(state.metrics.registry)
 
 
