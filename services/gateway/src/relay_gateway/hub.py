@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import structlog
 from glide import GlideError
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Tracer, set_span_in_context
 
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
 from relay_gateway.httpwrites import PreparedResponse
@@ -321,8 +321,13 @@ class Hub:
         except msgspec.DecodeError:
             traceparent = ""
         link = link_from_traceparent(traceparent)
+        # One message per span: a child of the producer's span (so the publish and its
+        # delivery are one trace in Jaeger/Tempo) that also links to it, as the messaging
+        # semantic conventions describe for single-message consumers.
+        parent = set_span_in_context(NonRecordingSpan(link.context)) if link is not None else None
         with self.tracer.start_as_current_span(
             "relay.deliver",
+            context=parent,
             kind=SpanKind.CONSUMER,
             links=[link] if link is not None else None,
             attributes={
