@@ -106,7 +106,7 @@ class Topic:
 
 # Chain-check modes of a feed's next message.
 _STRICT = 0  # previous must equal the last id delivered
-_LOOSE = 1  # first message after a client cursor: previous may be older, never newer
+_LOOSE = 1  # first message after a client cursor: previous may be older (timestamp cursors)
 _ACCEPT = 2  # first message after a gap already reported: take it as is
 
 
@@ -192,8 +192,14 @@ class Feed:
         elif self.pending_gap is not None:
             self.sink.gap(self.topic.name, self.pending_gap, message)
             self.pending_gap = None
-        elif self.mode == _LOOSE and previous > self.delivered:
-            self.sink.gap(self.topic.name, TRIMMED, message)
+        elif self.mode == _LOOSE and previous != self.delivered and previous != ZERO:
+            if previous > self.delivered:
+                self.sink.gap(self.topic.name, TRIMMED, message)
+            elif self.delivered.seq != MAX_SEQ:
+                # An older previous id is fine after a timestamp cursor (an instant between
+                # entries, ``<ms-1>-<MAX_SEQ>``), never after an id cursor: the stream that id
+                # came from is gone (e.g. Valkey restored from an older backup).
+                self.sink.gap(self.topic.name, RESET, message)
         self.mode = _STRICT
         self.delivered = message.id
         self.sink.deliver(message)
