@@ -24,6 +24,14 @@ case "$keep" in
     "" | *[!0-9]*) echo "valkey-backup: BACKUP_KEEP must be a number" >&2; exit 1 ;;
 esac
 
+# The password goes in the environment (VALKEYCLI_AUTH; REDISCLI_AUTH for redis-cli), never
+# on the command line where the process list would show it.
+if [ -n "${VALKEY_PASSWORD:-}" ]; then
+    VALKEYCLI_AUTH="$VALKEY_PASSWORD"
+    REDISCLI_AUTH="$VALKEY_PASSWORD"
+    export VALKEYCLI_AUTH REDISCLI_AUTH
+fi
+
 mkdir -p "$backup_dir"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 for address in $hosts; do
@@ -31,9 +39,7 @@ for address in $hosts; do
     port="${address##*:}"
     name="relay-$(printf %s "$host" | tr -c 'A-Za-z0-9.-' '_')-$port"
     target="$backup_dir/$name-$stamp.rdb"
-    # VALKEYCLI_AUTH (REDISCLI_AUTH for redis-cli) keeps the password out of the process list.
-    if ! VALKEYCLI_AUTH="${VALKEY_PASSWORD:-}" REDISCLI_AUTH="${VALKEY_PASSWORD:-}" \
-        "$cli" -h "$host" -p "$port" --rdb "$target.partial" >/dev/null; then
+    if ! "$cli" -h "$host" -p "$port" --rdb "$target.partial" >/dev/null; then
         rm -f "$target.partial"
         echo "valkey-backup: snapshot of $address failed" >&2
         exit 1
