@@ -299,12 +299,16 @@ def test_cluster_is_a_statefulset_of_primaries_and_replicas_with_a_bootstrap() -
     job = rendered["Job", "relay-valkey-cluster-bootstrap"]
     (bootstrap,) = job["spec"]["template"]["spec"]["containers"]
     variables = env(bootstrap)
-    nodes, replicas = int(variables["NODES"]), int(variables["REPLICAS_PER_PRIMARY"])
-    assert statefulset["spec"]["replicas"] == nodes
-    assert nodes // (replicas + 1) >= 3  # Valkey Cluster needs at least 3 primaries
-    script = bootstrap["command"][-1]
-    assert "--cluster create" in script
-    assert "--cluster-replicas" in script
+    nodes = variables["VALKEY_NODES"].split()
+    replicas = int(variables["REPLICAS_PER_PRIMARY"])
+    assert statefulset["spec"]["replicas"] == len(nodes)
+    assert nodes == [f"relay-valkey-{n}.relay-valkey:6379" for n in range(len(nodes))]
+    assert len(nodes) // (replicas + 1) >= 3  # Valkey Cluster needs at least 3 primaries
+    assert bootstrap["command"] == ["/bin/sh", "/scripts/valkey-cluster-bootstrap.sh"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    script = rendered["ConfigMap", volumes["scripts"]["configMap"]["name"]]
+    local = K8S / "overlays" / "cluster" / "valkey-cluster-bootstrap.sh"
+    assert script["data"]["valkey-cluster-bootstrap.sh"] == local.read_text()
     (init,) = statefulset["spec"]["template"]["spec"]["initContainers"]
     assert env(init)["VALKEY_CLUSTER"] == "yes"
     service = rendered["Service", "relay-valkey"]
