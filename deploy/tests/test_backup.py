@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ from .conftest import AptTool, StartStack
 REPO = Path(__file__).resolve().parents[2]
 BACKUP = REPO / "deploy" / "backup" / "valkey-backup.sh"
 RESTORE = REPO / "deploy" / "backup" / "valkey-restore.sh"
+
+
+@pytest.fixture
+def valkey_process() -> Iterator[ValkeyProcess]:
+    # Valkey waits repl-diskless-sync-delay (5 s) for more replicas before streaming a
+    # snapshot; a backup does not need the company, and the tests do not need the wait.
+    with ValkeyProcess(extra_args=["--repl-diskless-sync-delay", "0"]) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ async def test_connections_by_transport_open_and_close(gateway: Gateway, topic: 
             await ws.subscribe(topic)
             assert stream.status_code == 200
             poll = asyncio.create_task(
-                other.get("/api/v1/poll", params={"topic": topic, "timeout": "5"})
+                other.get("/api/v1/poll", params={"topic": topic, "timeout": "2"})
             )
             try:
                 for _ in range(100):
