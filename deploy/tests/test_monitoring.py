@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from relay_gateway.testing import SseReader, ws_client
-from relaycore.testing import free_port
+from relaycore.testing import ValkeyProcess, free_port
 
 from .conftest import AptTool, RelayStack, StartStack
 
@@ -209,10 +209,14 @@ async def _wait_for(check: Any, what: str, limit: float = 30.0) -> Any:
 
 @pytest.fixture
 async def scraped(
-    prometheus_binary: str, relay_stack: StartStack, tmp_path: Path, topic: str
+    prometheus_binary: str,
+    relay_stack: StartStack,
+    valkey_process: ValkeyProcess,
+    tmp_path: Path,
+    topic: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A Prometheus that has scraped a real ingest and gateway after traffic, rules evaluated."""
-    async with relay_stack() as stack:
+    async with relay_stack(valkey_url=valkey_process.url, valkey_timeout=0.5) as stack:
         await _traffic(stack, topic)
         targets = {
             "relay-ingest": f"127.0.0.1:{stack.ingest.port}",
@@ -264,7 +268,9 @@ async def scraped(
 
 
 @pytest.mark.slow
-async def test_every_query_evaluates_over_exported_metrics(scraped: httpx.AsyncClient) -> None:
+async def test_every_query_evaluates_over_exported_metrics(
+    scraped: httpx.AsyncClient, valkey_process: ValkeyProcess
+) -> None:
     exported = set(await _get(scraped, "/api/v1/label/__name__/values"))
     assert {"relay_ready", "relay_delivery_lag_seconds_bucket"} <= exported
 
@@ -301,3 +307,18 @@ async def test_every_query_evaluates_over_exported_metrics(scraped: httpx.AsyncC
             assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
             # A healthy stack fires nothing.
             assert rule["state"] == "inactive", (rule["name"], rule["alerts"])
+
+    # And they mean something: with Valkey gone, the outage alerts' conditions hold (their
+    # `for:` clause aside) for both services.
+    valkey_process.stop()
+    conditions = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+
+    async def outage_seen() -> bool:
+        for name in ("RelayValkeyUnreachable", "RelayGatewayNotReady", "RelayIngestNotReady"):
+            data = await _get(scraped, "/api/v1/query", query=conditions[name])
+            if not data["result"]:
+                return False
+        data = await _get(scraped, "/api/v1/query", query=conditions["RelayValkeyUnreachable"])
+        return {r["metric"]["service"] for r in data["result"]} == {"ingest", "gateway"}
+
+    await _wait_for(outage_seen, "the outage alert conditions", limit=30)
