@@ -223,6 +223,9 @@ async def test_gateway_cannot_write(gateway: ValkeyClient, topic: str) -> None:
         ["SCRIPT", "FLUSH"],
         ["BGREWRITEAOF"],
         ["CLIENT", "KILL", "ID", "1"],
+        ["CLUSTER", "RESET"],
+        ["CLUSTER", "FORGET", "0" * 40],
+        ["CLUSTER", "ADDSLOTS", "1"],
     ],
     ids=lambda command: "-".join(command[:2]).lower(),
 )
@@ -331,3 +334,36 @@ async def test_gateway_may_run_the_safety_read_and_nothing_else_of_the_library(
     )
     assert pending == [1, 0]
     await _refused(gateway.custom_command(["SPUBLISH", signal_channel(topic), "x"]))
+
+
+@pytest.mark.parametrize("user", [INGEST, GATEWAY], ids=["ingest", "gateway"])
+async def test_users_connect_to_a_cluster(tmp_path: Path, user: tuple[str, str]) -> None:
+    # A cluster client learns the topology with CLUSTER SLOTS on connect; without that grant
+    # RELAY_VALKEY_CLUSTER=true cannot start with the service users (the cluster overlay).
+    server = ValkeyProcess(
+        config_file=VALKEY_CONF,
+        data_dir=tmp_path,
+        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "n.conf")],
+    )
+    with server:
+        admin = await _client(server, None, "relay-admin")
+        try:
+            await admin.custom_command(["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])
+            for _ in range(200):
+                info = await admin.custom_command(["CLUSTER", "INFO"])
+                if b"cluster_state:ok" in str(info).encode():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+        client = await create_client(
+            ValkeyDsn.from_dsn(server.url_for(*user)),
+            cluster=True,
+            name="relay-cluster",
+            lazy=False,
+        )
+        try:
+            assert await client.custom_command(["PING"]) == b"PONG"
+            assert await client.xlen(stream_key("acl-cluster")) == 0
+        finally:
+            await client.close()

@@ -158,4 +158,8 @@ async def test_delivery_span_links_to_the_producer(valkey_client: ValkeyClient) 
     assert span.name == "relay.deliver"
     assert span.links[0].context.trace_id == int(trace_id, 16)
     assert span.links[0].context.span_id == int(span_id, 16)
+    # ... and is its child: one trace from publish to delivery.
+    assert span.context.trace_id == int(trace_id, 16)
+    assert span.parent is not None
+    assert span.parent.span_id == int(span_id, 16)
     provider.shutdown()

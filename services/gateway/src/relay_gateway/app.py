@@ -231,7 +231,13 @@ def create_app(
     drainer = drain or Drain(settings)
 
     async def metrics(request: Request) -> Response:
-        return metrics_endpoint(gateway_state(request).metrics.registry)
+        state = gateway_state(request)
+        valkey_ok = await state.metrics.refresh_valkey(
+            state.client, limit=state.settings.valkey_timeout
+        )
+        ready = valkey_ok and state.readers.healthy and not state.drain.draining
+        state.metrics.ready.set(float(ready))
+        return metrics_endpoint(state.metrics.registry)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 import structlog
 from glide import GlideError
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import NonRecordingSpan, SpanKind, Tracer, set_span_in_context
 
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
 from relay_gateway.metrics import GatewayMetrics
@@ -106,7 +106,7 @@ class Topic:
 
 # Chain-check modes of a feed's next message.
 _STRICT = 0  # previous must equal the last id delivered
-_LOOSE = 1  # first message after a client cursor: previous may be older, never newer
+_LOOSE = 1  # first message after a client cursor: previous may be older (timestamp cursors)
 _ACCEPT = 2  # first message after a gap already reported: take it as is
 
 
@@ -192,8 +192,14 @@ class Feed:
         elif self.pending_gap is not None:
             self.sink.gap(self.topic.name, self.pending_gap, message)
             self.pending_gap = None
-        elif self.mode == _LOOSE and previous > self.delivered:
-            self.sink.gap(self.topic.name, TRIMMED, message)
+        elif self.mode == _LOOSE and previous != self.delivered and previous != ZERO:
+            if previous > self.delivered:
+                self.sink.gap(self.topic.name, TRIMMED, message)
+            elif self.delivered.seq != MAX_SEQ:
+                # An older previous id is fine after a timestamp cursor (an instant between
+                # entries, ``<ms-1>-<MAX_SEQ>``), never after an id cursor: the stream that id
+                # came from is gone (e.g. Valkey restored from an older backup).
+                self.sink.gap(self.topic.name, RESET, message)
         self.mode = _STRICT
         self.delivered = message.id
         self.sink.deliver(message)
@@ -321,8 +327,13 @@ class Hub:
         except msgspec.DecodeError:
             traceparent = ""
         link = link_from_traceparent(traceparent)
+        # One message per span: a child of the producer's span (so the publish and its
+        # delivery are one trace in Jaeger/Tempo) that also links to it, as the messaging
+        # semantic conventions describe for single-message consumers.
+        parent = set_span_in_context(NonRecordingSpan(link.context)) if link is not None else None
         with self.tracer.start_as_current_span(
             "relay.deliver",
+            context=parent,
             kind=SpanKind.CONSUMER,
             links=[link] if link is not None else None,
             attributes={

@@ -33,7 +33,7 @@ from relay_gateway.params import (
     topic_param,
     unavailable,
 )
-from relay_gateway.recovery import decide, stream_end
+from relay_gateway.recovery import continues, decide, stream_end
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.ids import Cursor
 from relaycore.prepared import PreparedResponse, ResponseWriter
@@ -295,7 +295,7 @@ async def poll_endpoint(request: Request, writer: ResponseWriter | None = None) 
         # Behind, inside the hot window (decide's first case): the answer is complete now, so
         # no feed, no collector — under load most polls arrive after the next message.
         messages = topic.hot.after(cursor.after, limit)
-        if messages:
+        if messages and continues(cursor, messages[0]):
             hub.release(topic)
             hub.metrics.hot_hits.inc()
             return _answer_now(state, topic, messages, writer)

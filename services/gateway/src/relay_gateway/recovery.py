@@ -24,15 +24,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from glide import GlideError, IdBound
+from glide import GlideError
 
 from relay_gateway.hot import Message
 from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic, Unavailable
 from relaycore.ids import MAX_SEQ, ZERO, Cursor, StreamId
-from relaycore.keys import stream_key
 from relaycore.streams import read_after, stream_info
 
-__all__ = ["Resume", "catch_up", "decide", "entry_exists", "read_history", "stream_end"]
+__all__ = ["Resume", "catch_up", "continues", "decide", "read_history", "stream_end"]
 
 
 LAST_POSSIBLE_ID = StreamId(MAX_SEQ, MAX_SEQ)
@@ -76,23 +75,16 @@ async def stream_end(hub: Hub, name: str) -> StreamId:
     return info.last_generated_id if info is not None else ZERO
 
 
-async def entry_exists(hub: Hub, topic: Topic, entry_id: StreamId) -> bool:
-    try:
-        raw = await hub.client.xrange(
-            stream_key(topic.name), IdBound(str(entry_id)), IdBound(str(entry_id)), 1
-        )
-    except GlideError as error:
-        hub.metrics.read_errors.inc()
-        raise Unavailable(str(error)) from None
-    return bool(raw)
-
-
 async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
     """Decide how a resume after ``cursor`` goes, with up to ``count`` messages of history."""
     after = cursor.after
     if topic.hot.covers(after) and after <= topic.position:
-        hub.metrics.hot_hits.inc()
-        return Resume(True, None, topic.hot.after(after, count), after, check_first=True)
+        messages = topic.hot.after(after, count)
+        if not messages or continues(cursor, messages[0]):
+            hub.metrics.hot_hits.inc()
+            return Resume(True, None, messages, after, check_first=True)
+        # An id the window spans but never held: the stream went back (Valkey restored
+        # from an older backup, say). Valkey's entries tell trimmed from reset.
     hub.metrics.hot_misses.inc()
     messages = await read_history(hub, topic, after, count)
     if not messages:
@@ -110,15 +102,28 @@ async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
             if not messages:
                 return Resume(False, RESET, [], last, check_first=False, pending_gap=RESET)
             return Resume(False, RESET, messages, ZERO, check_first=False)
-    previous = messages[0].previous
-    if previous < after and not cursor.by_time and not await entry_exists(hub, topic, after):
-        # Later entries chain past the cursor, which is not in the stream: it named an entry
-        # that was lost (a replica took over before it replicated, or the stream was reset),
-        # so entries after it may be lost too — say so instead of skipping silently.
-        return Resume(False, RESET, messages, after, check_first=False)
-    if previous <= after:
+    if continues(cursor, messages[0]):
         return Resume(True, None, messages, after, check_first=True)
-    return Resume(False, TRIMMED, messages, after, check_first=False)
+    if messages[0].previous > after:
+        return Resume(False, TRIMMED, messages, after, check_first=False)
+    # The first entry after an id cursor was written after some other entry: the stream this
+    # cursor came from is gone (restored from an older backup, or lost and republished past
+    # it). A reset: start again from the oldest retained entry.
+    messages = await read_history(hub, topic, ZERO, count)
+    return Resume(False, RESET, messages, ZERO, check_first=False)
+
+
+def continues(cursor: Cursor, first: Message) -> bool:
+    """Whether ``first``, the first message after ``cursor``, follows it with nothing between.
+
+    An id cursor is continued only by the entry written right after it (its ``v`` is the
+    cursor). A timestamp cursor names an instant between entries: any earlier ``v`` is fine.
+    Entries without ``v`` (written by something else than the publish function) say nothing.
+    """
+    previous = first.previous
+    if previous == cursor.after or previous == ZERO:
+        return True
+    return cursor.by_time and previous < cursor.after
 
 
 Deliver = Callable[[list[Message]], Awaitable[None]]

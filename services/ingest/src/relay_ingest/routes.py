@@ -108,7 +108,13 @@ async def ready(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return metrics_endpoint(ingest_state(request).metrics.registry)
+    state = ingest_state(request)
+    valkey_ok = await state.metrics.refresh_valkey(
+        state.client, limit=state.settings.valkey_timeout
+    )
+    ready = valkey_ok and state.pipeline.available and not state.draining
+    state.metrics.ready.set(float(ready))
+    return metrics_endpoint(state.metrics.registry)
 
 
 async def openapi(request: Request) -> Response:

@@ -7,7 +7,10 @@
 #   VALKEY_INGEST_PASSWORD / VALKEY_GATEWAY_PASSWORD (from a Secret);
 # - gives the admin `default` user VALKEY_ADMIN_PASSWORD (requirepass), which also lifts
 #   protected mode so the services can connect from other hosts;
-# - listens on every interface and keeps data in VALKEY_DATA_DIR (default /data).
+# - listens on every interface and keeps data in VALKEY_DATA_DIR (default /data);
+# - with VALKEY_CLUSTER=yes (the cluster overlay): cluster mode, nodes.conf in the data dir,
+#   replicas authenticate to their primary as the admin, and the node announces
+#   VALKEY_ANNOUNCE_HOSTNAME (its stable StatefulSet DNS name) instead of a pod IP that changes.
 # Passwords may hold only A-Z a-z 0-9 _ - (e.g. `openssl rand -hex 32`).
 set -eu
 
@@ -38,6 +41,18 @@ bind * -::*
 dir ${data_dir}
 requirepass ${VALKEY_ADMIN_PASSWORD}
 CONF
+if [ "${VALKEY_CLUSTER:-no}" = "yes" ]; then
+    cat >> "$output" <<CONF
+cluster-enabled yes
+cluster-config-file ${data_dir}/nodes.conf
+cluster-node-timeout 5000
+masterauth ${VALKEY_ADMIN_PASSWORD}
+CONF
+    if [ -n "${VALKEY_ANNOUNCE_HOSTNAME:-}" ]; then
+        printf 'cluster-announce-hostname %s\ncluster-preferred-endpoint-type hostname\n' \
+            "$VALKEY_ANNOUNCE_HOSTNAME" >> "$output"
+    fi
+fi
 chmod 600 "$output"
 
 if [ "$#" -gt 0 ]; then
