@@ -64,7 +64,12 @@ def message_like(prefix: str) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=16)
+# Framing headers are the client's to compute: h11 refuses to send a request whose
+# content-length contradicts its body (raw framing is fuzzed by the raw-bytes cases instead).
+_FRAMING = {"content-length", "transfer-encoding"}
+header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=16).filter(
+    lambda name: name not in _FRAMING
+)
 # h11 (httpx) refuses to send values with surrounding whitespace; servers strip them anyway.
 header_values = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40
