@@ -39,6 +39,7 @@ from relay_gateway.shutdown import Drain
 from relay_gateway.sse import sse_endpoint
 from relay_gateway.state import GatewayState, gateway_state
 from relay_gateway.ui import ui_routes
+from relay_gateway.valkey_source import ValkeySource
 from relay_gateway.websocket import ClientFrame, websocket_endpoint
 from relaycore.auth import Authenticator
 from relaycore.errors import answer_unhandled
@@ -266,7 +267,8 @@ def create_app(
             metrics = GatewayMetrics()
             readers = ReaderPool(reader_clients, settings, metrics)
             tracer = tracing.tracer if tracing.enabled else None
-            hub = Hub(settings, client, metrics, readers, tracer)
+            source = ValkeySource(client, readers, metrics)
+            hub = Hub(settings, source, metrics, tracer)
             app.state.gateway = GatewayState(
                 settings=settings,
                 client=client,
@@ -277,7 +279,7 @@ def create_app(
                 drain=drainer,
             )
             async with asyncio.TaskGroup() as group:
-                tasks = readers.start(hub, group)
+                tasks = source.start(hub.dispatch, group)
                 tasks.append(group.create_task(hub.sweep_forever(), name="relay-hub-sweeper"))
                 log.info("gateway_started", valkey=dsn.redacted(), readers=len(reader_clients))
                 try:

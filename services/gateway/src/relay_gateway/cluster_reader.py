@@ -39,7 +39,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from glide import (
@@ -52,14 +52,12 @@ from glide import (
 )
 
 from relay_gateway.metrics import GatewayMetrics
+from relay_gateway.source import Dispatch, Followed
 from relay_gateway.streamreads import read_once
 from relaycore.ids import StreamId
 from relaycore.keys import key_slot, signal_channel
 from relaycore.settings import Settings
 from relaycore.streams import FUNCTION_LIBRARY, PENDING_FUNCTION, is_missing_function
-
-if TYPE_CHECKING:
-    from relay_gateway.hub import Hub, Topic
 
 __all__ = ["ClusterReader", "SlotMap"]
 
@@ -114,9 +112,9 @@ class ClusterReader:
         self.slice_bytes = max(1, settings.max_queue_bytes // 8)
         self.safety_interval = max(0.05, settings.reader_safety_interval)
         self.metrics = metrics
-        self.topics: dict[str, Topic] = {}  # stream key → topic
-        self.slots: dict[int, dict[str, Topic]] = {}  # slot → its topics
-        self.channels: dict[bytes, tuple[Topic, int]] = {}  # signal channel → (topic, slot)
+        self.topics: dict[str, Followed] = {}  # stream key → topic
+        self.slots: dict[int, dict[str, Followed]] = {}  # slot → its topics
+        self.channels: dict[bytes, tuple[Followed, int]] = {}  # signal channel → (topic, slot)
         self.dirty: set[int] = set()  # slots to read
         self.inflight: set[int] = set()
         self.failing: dict[int, tuple[float, float]] = {}  # slot → (retry at, backoff)
@@ -133,11 +131,10 @@ class ClusterReader:
         self.running = False
         self._wake = asyncio.Event()
         self._subscribe_wake = asyncio.Event()
-        self.hub: Hub | None = None
 
     # --- topics --------------------------------------------------------------------------
 
-    def add(self, topic: Topic) -> None:
+    def add(self, topic: Followed) -> None:
         slot = key_slot(topic.name)
         channel = signal_channel(topic.name)
         self.topics[topic.key] = topic
@@ -148,7 +145,7 @@ class ClusterReader:
         self._subscribe_wake.set()
         self.mark(slot)  # read now; and again once the subscription is confirmed
 
-    def remove(self, topic: Topic) -> None:
+    def remove(self, topic: Followed) -> None:
         if self.topics.get(topic.key) is not topic:
             return
         del self.topics[topic.key]
@@ -170,8 +167,7 @@ class ClusterReader:
 
     # --- the loop ------------------------------------------------------------------------
 
-    async def run(self, hub: Hub) -> None:
-        self.hub = hub
+    async def run(self, dispatch: Dispatch) -> None:
         self.running = True
         try:
             async with asyncio.TaskGroup() as group:
@@ -179,11 +175,11 @@ class ClusterReader:
                 group.create_task(
                     self._subscriptions(), name=f"relay-reader-{self.index}-subscriptions"
                 )
-                await self._schedule(hub, group)
+                await self._schedule(dispatch, group)
         finally:
             self.running = False
 
-    async def _schedule(self, hub: Hub, group: asyncio.TaskGroup) -> None:
+    async def _schedule(self, dispatch: Dispatch, group: asyncio.TaskGroup) -> None:
         """Start a read task for every dirty slot not in flight or backing off; safety reads."""
         while True:
             now = time.monotonic()
@@ -207,7 +203,7 @@ class ClusterReader:
                 if not group_topics:
                     continue
                 self.inflight.add(slot)
-                group.create_task(self._read_slot(hub, slot, group_topics))
+                group.create_task(self._read_slot(dispatch, slot, group_topics))
             # No await between the scan and the clear: nothing can set the event in between.
             self._wake.clear()
             timeout = next_at - time.monotonic()
@@ -216,10 +212,10 @@ class ClusterReader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), None if math.isinf(timeout) else timeout)
 
-    async def _read_slot(self, hub: Hub, slot: int, topics: dict[str, Topic]) -> None:
+    async def _read_slot(self, dispatch: Dispatch, slot: int, topics: dict[str, Followed]) -> None:
         try:
             most = await read_once(
-                hub, self.client, topics, self.topics,
+                dispatch, self.client, topics, self.topics,
                 count=self.count, slice_bytes=self.slice_bytes, block_ms=None,
             )  # fmt: skip
         except GlideError as error:

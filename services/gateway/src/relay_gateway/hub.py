@@ -17,37 +17,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol, cast
 
 import msgspec
 import structlog
-from glide import GlideError
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Tracer, set_span_in_context
 
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
 from relay_gateway.metrics import GatewayMetrics
+from relay_gateway.source import Followed, StreamSource, Unavailable
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
 from relaycore.models import decode_headers
 from relaycore.prepared import PreparedResponse
 from relaycore.settings import Settings
-from relaycore.streams import StreamEntry, stream_info
+from relaycore.streams import StreamEntry
 from relaycore.tracing import link_from_traceparent
-from relaycore.valkey import ValkeyClient
 
-if TYPE_CHECKING:
-    from relay_gateway.readers import ReaderPool
-
-__all__ = ["RESET", "TRIMMED", "Feed", "Hub", "Sink", "Topic", "Unavailable"]
+__all__ = ["RESET", "TRIMMED", "Feed", "Hub", "Sink", "Topic"]
 
 log = structlog.get_logger("relay_gateway.hub")
 
 TRIMMED = "trimmed"
 RESET = "reset"
-
-
-class Unavailable(Exception):
-    """Valkey could not be reached to start or resume a subscription."""
 
 
 class Sink(Protocol):
@@ -219,17 +211,16 @@ class Hub:
     def __init__(
         self,
         settings: Settings,
-        client: ValkeyClient,
+        source: StreamSource,
         metrics: GatewayMetrics,
-        readers: ReaderPool,
         tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         # Only when tracing is on: a delivery span per message, linked to the producer's span.
         self.tracer = tracer
-        self.client = client
+        # Storage, behind the seam (relay_gateway.source): the hub never calls Valkey itself.
+        self.source = source
         self.metrics = metrics
-        self.readers = readers
         self.topics: dict[str, Topic] = {}
         self.hot = HotTier(
             window=settings.hot_window,
@@ -255,19 +246,18 @@ class Hub:
         topic.users = 1
         self.topics[name] = topic
         try:
-            info = await stream_info(self.client, name)
+            last = await self.source.last_id(name)
         except BaseException as error:
             if self.topics.get(name) is topic:
                 del self.topics[name]
-            topic.ready.set_exception(Unavailable(str(error)))
+            topic.ready.set_exception(
+                error if isinstance(error, Unavailable) else Unavailable(str(error))
+            )
             topic.ready.exception()  # retrieved here; waiters get it through shield()
-            if isinstance(error, GlideError):
-                self.metrics.read_errors.inc()
-                raise Unavailable(str(error)) from None
             raise
-        topic.position = info.last_generated_id if info is not None else ZERO
+        topic.position = last
         topic.hot.base = topic.position
-        self.readers.add(topic)
+        self.source.follow(topic)
         self.metrics.active_topics.set(len(self.topics))
         topic.ready.set_result(None)
         return topic
@@ -295,12 +285,14 @@ class Hub:
         feed.topic.feeds.discard(feed)
         self.release(feed.topic)
 
-    def dispatch(self, topic: Topic, entries: Sequence[StreamEntry]) -> None:
+    def dispatch(self, followed: Followed, entries: Sequence[StreamEntry]) -> None:
         """Entries read after ``topic.position``, in id order: cache once, offer to every feed.
 
         Without tracing the new messages go out as one :class:`~relay_gateway.hot.Batch`, so a
         subscriber that keeps up gets them in one write whose bytes are shared by all.
         """
+        # The source hands back the very topics the hub asked it to follow.
+        topic = cast(Topic, followed)
         hot = self.hot
         fresh: list[Message] = []
         for entry in entries:
@@ -359,7 +351,7 @@ class Hub:
                 and now - topic.idle_since >= linger
             ):
                 del self.topics[name]
-                self.readers.remove(topic)
+                self.source.unfollow(topic)
                 self.hot.forget(name, topic.hot)
         self.metrics.active_topics.set(len(self.topics))
         self.metrics.hot_bytes.set(self.hot.bytes)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from relay_gateway.hot import Batch, Message
-from relay_gateway.hub import Topic, Unavailable
+from relay_gateway.hub import Topic
 from relay_gateway.metrics import TransportMetrics
 from relay_gateway.params import (
     check_access,
@@ -34,6 +34,7 @@ from relay_gateway.params import (
     unavailable,
 )
 from relay_gateway.recovery import continues, decide, stream_end
+from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.ids import Cursor
 from relaycore.prepared import PreparedResponse, ResponseWriter

@@ -21,22 +21,19 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import structlog
 from glide import GlideClusterClient, GlideError
 
 from relay_gateway.cluster_reader import ClusterReader
 from relay_gateway.metrics import GatewayMetrics
+from relay_gateway.source import Dispatch, Followed
 from relay_gateway.streamreads import read_once
 from relaycore.ids import ZERO
 from relaycore.keys import key_slot
 from relaycore.settings import Settings
 from relaycore.streams import stream_info
 from relaycore.valkey import ValkeyClient
-
-if TYPE_CHECKING:
-    from relay_gateway.hub import Hub, Topic
 
 __all__ = ["Reader", "ReaderPool", "key_slot"]
 
@@ -62,22 +59,20 @@ class Reader:
         self.count = settings.reader_count
         self.slice_bytes = max(1, settings.max_queue_bytes // 8)
         self.metrics = metrics
-        self.topics: dict[str, Topic] = {}  # stream key → topic
+        self.topics: dict[str, Followed] = {}  # stream key → topic
         self.healthy = True
         self.running = False
         self._wake = asyncio.Event()
-        self.hub: Hub | None = None
 
-    def add(self, topic: Topic) -> None:
+    def add(self, topic: Followed) -> None:
         self.topics[topic.key] = topic
         self._wake.set()
 
-    def remove(self, topic: Topic) -> None:
+    def remove(self, topic: Followed) -> None:
         if self.topics.get(topic.key) is topic:
             del self.topics[topic.key]
 
-    async def run(self, hub: Hub) -> None:
-        self.hub = hub
+    async def run(self, dispatch: Dispatch) -> None:
         self.running = True
         backoff = BACKOFF_START
         try:
@@ -88,7 +83,7 @@ class Reader:
                     continue
                 try:
                     await read_once(
-                        hub, self.client, self.topics, self.topics,
+                        dispatch, self.client, self.topics, self.topics,
                         count=self.count, slice_bytes=self.slice_bytes, block_ms=self.block_ms,
                     )  # fmt: skip
                 except GlideError as error:
@@ -102,7 +97,7 @@ class Reader:
                 if not self.healthy:
                     log.info("reader_recovered", reader=self.index)
                     try:
-                        await self._rewind_reset_streams(hub)
+                        await self._rewind_reset_streams()
                     except GlideError:
                         continue
                 self.healthy = True
@@ -110,7 +105,7 @@ class Reader:
         finally:
             self.running = False
 
-    async def _rewind_reset_streams(self, hub: Hub) -> None:
+    async def _rewind_reset_streams(self) -> None:
         """After an outage, find streams that went backwards (Valkey lost or reset data).
 
         XREAD after an id the stream never reaches again would wait forever; such a topic is
@@ -118,7 +113,8 @@ class Reader:
         and report a ``reset`` gap.
         """
         for topic in list(self.topics.values()):
-            info = await stream_info(hub.client, topic.name)
+            # On the reader's own client: between two reads it has nothing else to do.
+            info = await stream_info(self.client, topic.name)
             last = info.last_generated_id if info is not None else ZERO
             if last < topic.position:
                 log.warning("stream_went_backwards", topic=topic.name, last=str(last))
@@ -144,23 +140,23 @@ class ReaderPool:
             else:
                 self.readers.append(Reader(index, client, settings, metrics))
 
-    def reader_for(self, topic: Topic) -> Reader | ClusterReader:
+    def reader_for(self, topic: Followed) -> Reader | ClusterReader:
         if self.cluster:
             return self.readers[key_slot(topic.name) % len(self.readers)]
         return self.readers[zlib.crc32(topic.name.encode()) % len(self.readers)]
 
-    def add(self, topic: Topic) -> None:
+    def add(self, topic: Followed) -> None:
         self.reader_for(topic).add(topic)
 
-    def remove(self, topic: Topic) -> None:
+    def remove(self, topic: Followed) -> None:
         self.reader_for(topic).remove(topic)
 
     @property
     def healthy(self) -> bool:
         return all(reader.running and reader.healthy for reader in self.readers)
 
-    def start(self, hub: Hub, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+    def start(self, dispatch: Dispatch, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         return [
-            group.create_task(reader.run(hub), name=f"relay-reader-{reader.index}")
+            group.create_task(reader.run(dispatch), name=f"relay-reader-{reader.index}")
             for reader in self.readers
         ]

@@ -24,17 +24,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from glide import GlideError
-
 from relay_gateway.hot import Message
-from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic, Unavailable
-from relaycore.ids import MAX_SEQ, ZERO, Cursor, StreamId
-from relaycore.streams import read_after, stream_info
+from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic
+from relaycore.ids import ZERO, Cursor, StreamId
 
 __all__ = ["Resume", "catch_up", "continues", "decide", "read_history", "stream_end"]
-
-
-LAST_POSSIBLE_ID = StreamId(MAX_SEQ, MAX_SEQ)
 
 
 @dataclass(slots=True)
@@ -55,24 +49,14 @@ class Resume:
 
 
 async def read_history(hub: Hub, topic: Topic, after: StreamId, count: int) -> list[Message]:
-    if after == LAST_POSSIBLE_ID:
-        return []  # nothing can follow it, and Valkey rejects an exclusive range starting there
-    try:
-        entries = await read_after(hub.client, topic.name, after, count)
-    except GlideError as error:
-        hub.metrics.read_errors.inc()
-        raise Unavailable(str(error)) from None
+    """Up to ``count`` messages after ``after`` from the stream source (raises Unavailable)."""
+    entries = await hub.source.read_after(topic.name, after, count)
     return [hub.message(topic, entry) for entry in entries]
 
 
 async def stream_end(hub: Hub, name: str) -> StreamId:
-    """The stream's last generated id (``0-0`` when it does not exist)."""
-    try:
-        info = await stream_info(hub.client, name)
-    except GlideError as error:
-        hub.metrics.read_errors.inc()
-        raise Unavailable(str(error)) from None
-    return info.last_generated_id if info is not None else ZERO
+    """The stream's last generated id (``0-0`` when it does not exist; raises Unavailable)."""
+    return await hub.source.last_id(name)
 
 
 async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:

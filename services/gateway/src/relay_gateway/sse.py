@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
-from relay_gateway.hub import Feed, Topic, Unavailable
+from relay_gateway.hub import Feed, Topic
 from relay_gateway.params import (
     check_access,
     cursor_param,
@@ -27,6 +27,7 @@ from relay_gateway.params import (
     unavailable,
 )
 from relay_gateway.recovery import catch_up, decide
+from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.http import ApiError, origin_allowed
 from relaycore.ids import Cursor

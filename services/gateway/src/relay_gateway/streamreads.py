@@ -1,8 +1,9 @@
-"""One XREAD over a set of topics, fanned out through the hub: shared by both reader kinds.
+"""One XREAD over a set of topics, handed to the dispatch callback: shared by both reader kinds.
 
 Always from each topic's last id (``topic.position``), never ``$``: what was published between
 two reads, or during an outage, is read next time. Reading the same entries twice is harmless —
-:meth:`~relay_gateway.hub.Hub.dispatch` skips every id at or below the topic's position — which
+:meth:`~relay_gateway.hub.Hub.dispatch`, the usual callback, skips every id at or below the
+topic's position — which
 is what lets a cluster reader answer a signal and a safety read with overlapping reads.
 """
 
@@ -10,24 +11,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from glide import StreamReadOptions
 
+from relay_gateway.source import Dispatch, Followed
 from relaycore.streams import parse_entries
 from relaycore.valkey import ValkeyClient
-
-if TYPE_CHECKING:
-    from relay_gateway.hub import Hub, Topic
 
 __all__ = ["read_once"]
 
 
 async def read_once(
-    hub: Hub,
+    dispatch: Dispatch,
     client: ValkeyClient,
-    topics: Mapping[str, Topic],
-    live: Mapping[str, Topic],
+    topics: Mapping[str, Followed],
+    live: Mapping[str, Followed],
     *,
     count: int,
     slice_bytes: int,
@@ -61,7 +59,7 @@ async def read_once(
             while end < len(entries) and (end == start or size < slice_bytes):
                 size += len(entries[end].payload)
                 end += 1
-            hub.dispatch(topic, entries[start:end])
+            dispatch(topic, entries[start:end])
             start = end
             if start < len(entries):
                 await asyncio.sleep(0)

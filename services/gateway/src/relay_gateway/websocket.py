@@ -26,8 +26,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
-from relay_gateway.hub import Feed, Unavailable
+from relay_gateway.hub import Feed
 from relay_gateway.recovery import catch_up, decide
+from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, authenticate, gateway_state
 from relaycore.auth import AuthError, Principal
 from relaycore.frames import FrameWriter, frame_writer, text_frame
