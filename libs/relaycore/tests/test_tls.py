@@ -29,7 +29,6 @@ import pytest
 import websockets
 
 from relaycore.keys import stream_key
-from relaycore.settings import Settings
 from relaycore.testing import free_port
 from relaycore.testing.certs import Certificates, make_certificates
 from relaycore.testing.services import ServiceProcess
@@ -178,7 +177,7 @@ async def test_valkeys_url_reaches_a_tls_only_server(
     url = f"valkeys://127.0.0.1:{tls_valkey}"
     env = {"VALKEY_URL": url, "VALKEY_TLS_CA_FILE": str(certs.ca_file),
            "SHUTDOWN_GRACE": "3s", "SHUTDOWN_DRAIN": "1s"}  # fmt: skip
-    dsn = ValkeyDsn.from_settings(Settings(valkey_url=url, valkey_tls_ca_file=str(certs.ca_file)))
+    dsn = ValkeyDsn.from_dsn(url).with_ca_file(str(certs.ca_file))
     assert dsn.tls
     with (
         ServiceProcess("ingest", **env) as ingest,

@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncGenerator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import msgspec
@@ -39,9 +39,18 @@ from relay_client.errors import (
     retry_after_seconds,
 )
 from relay_client.models import Gap, Message, id_key
+from relay_client.retry import RetryPolicy
 
-if TYPE_CHECKING:
-    from relay_client.client import RelayClient
+
+class Connections(Protocol):
+    """What a subscription uses of its :class:`~relay_client.client.RelayClient` (a protocol,
+    so this module does not import the client that imports it)."""
+
+    gateway_url: str
+    token: str | None
+    http: httpx.AsyncClient
+    subscribe_retry: RetryPolicy
+
 
 __all__ = ["Item", "Subscription", "Transport", "check_topic"]
 
@@ -128,7 +137,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: RelayClient,
+        client: Connections,
         topic: str,
         since: str | int | None,
         transport: Transport | str,

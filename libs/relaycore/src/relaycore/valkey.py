@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 from glide import (
@@ -30,9 +30,6 @@ from glide import (
     ServerCredentials,
     TlsAdvancedConfiguration,
 )
-
-if TYPE_CHECKING:
-    from relaycore.settings import Settings
 
 __all__ = ["ValkeyClient", "ValkeyDsn", "create_client", "persistence_info"]
 
@@ -75,13 +72,12 @@ class ValkeyDsn:
             tls=_SCHEMES[parts.scheme],
         )
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ValkeyDsn:
-        """``RELAY_VALKEY_URL`` with the CA certificates of ``RELAY_VALKEY_TLS_CA_FILE``."""
-        dsn = cls.from_dsn(settings.valkey_url)
-        if not settings.valkey_tls_ca_file:
-            return dsn
-        return dataclasses.replace(dsn, tls_ca_pem=Path(settings.valkey_tls_ca_file).read_bytes())
+    def with_ca_file(self, ca_file: str) -> ValkeyDsn:
+        """This DSN trusting the PEM CA certificates in ``ca_file`` (``RELAY_VALKEY_TLS_CA_FILE``)
+        instead of the system store; unchanged when ``ca_file`` is empty."""
+        if not ca_file:
+            return self
+        return dataclasses.replace(self, tls_ca_pem=Path(ca_file).read_bytes())
 
     def redacted(self) -> str:
         """The URL without its password, for logs."""

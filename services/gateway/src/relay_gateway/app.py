@@ -248,7 +248,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        dsn = ValkeyDsn.from_settings(settings)
+        dsn = ValkeyDsn.from_dsn(settings.valkey_url).with_ca_file(settings.valkey_tls_ca_file)
         cluster = settings.valkey_cluster
         timeout = settings.valkey_timeout
         client = valkey or await create_client(

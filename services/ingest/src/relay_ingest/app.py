@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
             valkey
             if valkey is not None
             else await create_client(
-                ValkeyDsn.from_settings(settings),
+                ValkeyDsn.from_dsn(settings.valkey_url).with_ca_file(settings.valkey_tls_ca_file),
                 cluster=settings.valkey_cluster,
                 name="relay-ingest",
                 request_timeout=settings.valkey_timeout,
