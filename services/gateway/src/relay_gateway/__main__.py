@@ -6,7 +6,7 @@ implementation: no task per connection and no per-connection keepalive task (pin
 which holds many idle connections with the least memory. permessage-deflate stays off (its
 per-connection zlib buffers cost ~100s of KiB each), inbound frames are capped at
 ``RELAY_MAX_WS_FRAME_BYTES`` (larger: close 1009), and uvicorn pings every
-``RELAY_WS_PING_INTERVAL`` and drops peers that do not answer within another interval.
+``RELAY_WS_PING_INTERVAL`` and drops peers that do not answer within ``RELAY_WS_PING_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval,
-        "ws_ping_timeout": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_timeout,
         "log_config": uvicorn_log_config(),
         "log_level": settings.log_level,
         # Access lines are logged at INFO: above that uvicorn would still format each one's

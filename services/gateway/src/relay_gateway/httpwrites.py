@@ -14,10 +14,17 @@ task wake-up first. The writer declines (returns ``False``) whenever the ordinar
 something to add: the connection is to close (HTTP/1.0, ``Connection: close``, shutdown), the
 response already started, the peer is gone or not reading, or the request is a ``HEAD``.
 Under another ASGI server there is no extension and the app answers the ordinary way.
+
+**Bounded streams.** The same extension lets a streamed response (SSE) see how many bytes wait
+in its transport's write buffer (:attr:`ResponseWriter.buffered_bytes`, counted toward the
+stream's ``RELAY_MAX_QUEUE_BYTES``) and :meth:`ResponseWriter.cut` it: a last chunk if it fits,
+then close, and abort the socket if it is still there after the close timeout. uvicorn's own
+path would wait for the peer to read before it can even end the response.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
@@ -76,6 +83,33 @@ class ResponseWriter:
     def __init__(self, cycle: RequestResponseCycle, server_state: ServerState) -> None:
         self._cycle = cycle
         self._server_state = server_state
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written to this connection that its transport has not handed to the kernel."""
+        transport = self._cycle.transport
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+
+    def cut(self, last: bytes, *, timeout: float) -> None:
+        """End the connection now: ``last`` (when not empty) goes out before the close; the
+        socket is aborted if the peer has not taken everything within ``timeout`` seconds.
+
+        The request cycle counts as disconnected from here on: further sends return at once.
+        """
+        cycle = self._cycle
+        transport = cycle.transport
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if transport.is_closing():
+            return
+        if last:
+            if isinstance(transport, CoalescingTransport):
+                transport.write_now(last)
+            else:
+                transport.write(last)
+        transport.close()
+        real = transport.transport if isinstance(transport, CoalescingTransport) else transport
+        asyncio.get_running_loop().call_later(timeout, real.abort)
 
     def write_prepared(self, response: PreparedResponse) -> bool:
         """Answer the request with ``response`` now; ``False`` (nothing written) when it cannot.

@@ -44,6 +44,8 @@ async def run_gateway(
         ws=RelayWebSocketProtocol if relay_protocols else "websockets-sansio",
         ws_max_size=settings.max_ws_frame_bytes,
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
     )
     async with server.running():
         yield server
