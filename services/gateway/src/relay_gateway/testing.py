@@ -4,9 +4,14 @@ and a protocol-speaking WebSocket client. Used by the gateway's tests and load s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -154,3 +159,85 @@ class SseReader:
             assert event["event"] == "message", event
             received.append(event["data"])
         return received
+
+
+# /proc/net/tcp socket states (include/net/tcp_states.h).
+TCP_ESTABLISHED = "01"
+
+
+def tcp_states(port: int) -> dict[int, str]:
+    """The server side of every TCP connection to local ``port``: remote port → state (hex).
+
+    What a user (or ``ss``) sees: a socket that is cut is gone or no longer ``01``.
+    """
+    states: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                states[int(remote.rsplit(":", 1)[1], 16)] = state
+    return states
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client → server text frame (clients must mask, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 0x80 | 127, size)
+    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return head + mask + body
+
+
+class StalledClient:
+    """A raw TCP client that sends a request and then never reads again (nor answers pings).
+
+    A tiny receive buffer makes the server's writes back up quickly, like a consumer on a slow
+    link or one whose process hangs. ``local_port`` finds its server side in :func:`tcp_states`.
+    """
+
+    def __init__(self, host: str, port: int, *, rcvbuf: int = 4096) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((host, port))
+        self.local_port: int = self.sock.getsockname()[1]
+
+    def _read_head(self) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            data += chunk
+        return data
+
+    def websocket(self, path: str, *frames: dict[str, Any]) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = self._read_head()
+        assert head.startswith(b"HTTP/1.1 101"), head
+        for frame in frames:
+            self.sock.sendall(masked_text_frame(msgspec.json.encode(frame)))
+
+    def sse(self, path: str) -> None:
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n".encode())
+        head = self._read_head()
+        assert head.startswith(b"HTTP/1.1 200"), head
+
+    def close(self) -> None:
+        self.sock.close()
