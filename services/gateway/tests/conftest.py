@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Generator
 from collections.abc import Callable
 from typing import Any
 
@@ -29,3 +31,13 @@ def gateway(
         )
 
     return start
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems() -> Generator[None, None, None]:
+    # Hypothesis scans every loaded module for constants while collecting, which touches
+    # GLIDE's deprecated compatibility modules (glide.async_commands.*): they warn on any
+    # attribute access, and warnings are errors here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Importing from 'glide", DeprecationWarning)
+        return (yield)

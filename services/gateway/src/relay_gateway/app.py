@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from relay_gateway.httpwrites import response_writer
 from relay_gateway.hub import Hub
+from relay_gateway.limits import ConnectionCap
 from relay_gateway.longpoll import (
     DEFAULT_LIMIT,
     DEFAULT_TIMEOUT,
@@ -256,6 +257,7 @@ def create_app(
                 metrics=metrics,
                 auth=Authenticator.from_settings(settings),
                 drain=drainer,
+                connection_cap=ConnectionCap(settings.max_connections_per_principal),
             )
             async with asyncio.TaskGroup() as group:
                 tasks = readers.start(hub, group)

@@ -26,6 +26,7 @@ from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
 from relay_gateway.httpwrites import ResponseWriter, response_writer
 from relay_gateway.hub import Feed, Topic, Unavailable
+from relay_gateway.limits import principal_key, too_many_connections
 from relay_gateway.params import (
     check_access,
     cursor_param,
@@ -49,7 +50,9 @@ _encode = msgspec.json.Encoder().encode
 class EventStream(Response):
     """The SSE response: one feed, one outbound queue, a writer with heartbeats."""
 
-    def __init__(self, state: GatewayState, topic: Topic, cursor: Cursor | None) -> None:
+    def __init__(
+        self, state: GatewayState, topic: Topic, cursor: Cursor | None, principal_key: str = ""
+    ) -> None:
         super().__init__(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -63,6 +66,8 @@ class EventStream(Response):
         self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
         self.ended = asyncio.Event()
         self.slow = False
+        # The slot taken in state.connection_cap, given back when the stream ends.
+        self.principal_key = principal_key
         self.feed: Feed | None = None
         self.resume: Resume | None = None
         # The raw path of relay_gateway.httpwrites (None under other servers).
@@ -116,6 +121,12 @@ class EventStream(Response):
     # --------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(scope, receive, send)
+        finally:
+            self.state.connection_cap.release(self.principal_key)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.state.hub
         feed = self.feed
         if feed is None:
@@ -232,14 +243,22 @@ async def sse_endpoint(request: Request) -> Response:
         cursor = cursor_param("Last-Event-ID", last_event_id)
     else:
         cursor = cursor_param("since", request.query_params.get("since"))
-    check_access(state, request, name)
+    principal = check_access(state, request, name)
+    cap = state.connection_cap
+    key = principal_key(request, principal, auth=state.auth.enabled)
+    if not cap.acquire(key):
+        raise too_many_connections(cap.limit)
     try:
-        topic = await state.hub.acquire(name)
-    except Unavailable:
-        raise unavailable() from None
-    stream = EventStream(state, topic, cursor)
-    try:
-        await stream.prepare()
-    except Unavailable:
-        raise unavailable() from None
+        try:
+            topic = await state.hub.acquire(name)
+        except Unavailable:
+            raise unavailable() from None
+        stream = EventStream(state, topic, cursor, key)
+        try:
+            await stream.prepare()
+        except Unavailable:
+            raise unavailable() from None
+    except BaseException:
+        cap.release(key)
+        raise
     return stream

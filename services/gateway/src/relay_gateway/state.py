@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import HTTPConnection
 
 from relay_gateway.hub import Hub
+from relay_gateway.limits import ConnectionCap
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.readers import ReaderPool
 from relay_gateway.shutdown import Drain
@@ -32,6 +33,8 @@ class GatewayState:
     drain: Drain
     # Validated long-poll query strings (relay_gateway.longpoll.poll_query), bounded there.
     poll_queries: dict[bytes, PollQuery] = field(default_factory=dict)
+    # Open WebSocket + SSE connections per principal (RELAY_MAX_CONNECTIONS_PER_PRINCIPAL).
+    connection_cap: ConnectionCap = field(default_factory=lambda: ConnectionCap(0))
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:

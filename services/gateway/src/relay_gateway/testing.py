@@ -10,7 +10,8 @@ import dataclasses
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,79 @@ class StalledClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class GatewayThread:
+    """A real gateway served by an event loop in a thread of its own, for synchronous tests
+    (Hypothesis drives its examples synchronously). ``restart()`` stops it (a graceful
+    shutdown: WebSockets get 1012) and starts a fresh one on a new port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Future[None] | None = None
+        self.server: UvicornServer | None = None
+
+    def call(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+        """Run ``coroutine`` on the gateway's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self) -> UvicornServer:
+        ready: asyncio.Future[UvicornServer] = self.loop.create_future()
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            try:
+                async with run_gateway(self.settings) as server:
+                    ready.set_result(server)
+                    await self._stop.wait()
+            except BaseException as error:
+                if not ready.done():
+                    ready.set_exception(error)
+                raise
+
+        async def begin() -> UvicornServer:
+            self._task = asyncio.ensure_future(serve())
+            return await ready
+
+        self.server = self.call(begin())
+        return self.server
+
+    def stop(self) -> None:
+        stop, task = self._stop, self._task
+
+        async def end() -> None:
+            if stop is not None:
+                stop.set()
+            if task is not None:
+                await task
+
+        self.call(end())
+        self._task = None
+        self.server = None
+
+    def restart(self) -> UvicornServer:
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> GatewayThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def on_loop(thread: GatewayThread, function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Shorthand: run ``function()`` on the gateway thread's loop."""
+    return thread.call(function())

@@ -34,11 +34,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Feed, Unavailable
+from relay_gateway.limits import OpBudget, principal_key, too_many_connections
 from relay_gateway.recovery import catch_up, decide
 from relay_gateway.state import GatewayState, authenticate, gateway_state
 from relay_gateway.wsframes import FrameWriter, frame_writer, text_frame
 from relaycore.auth import AuthError, Principal
-from relaycore.http import origin_allowed
+from relaycore.http import error_response, origin_allowed
 from relaycore.ids import ZERO, Cursor, parse_cursor
 from relaycore.keys import is_valid_topic
 
@@ -72,27 +73,6 @@ class ClientFrame(msgspec.Struct):
 
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _encode = msgspec.json.Encoder().encode
-
-
-class OpBudget:
-    """A token bucket: ``count`` ops per ``per_seconds``, bursts of up to ``count``."""
-
-    __slots__ = ("capacity", "last", "rate", "tokens")
-
-    def __init__(self, count: int, per_seconds: float) -> None:
-        self.capacity = float(count)
-        self.rate = count / per_seconds
-        self.tokens = float(count)
-        self.last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 def _event(op: str, req: int | str | None = None, **fields: Any) -> bytes:
@@ -624,13 +604,22 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_text(_error("unauthorized", str(error)).decode())
         await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
         return
-    await websocket.accept()
-    connection = Connection(websocket, state, principal)
-    state.drain.websockets.add(connection)
-    connection.metrics.connections.inc()
+    cap = state.connection_cap
+    key = principal_key(websocket, principal, auth=state.auth.enabled)
+    if not cap.acquire(key):
+        # Before the upgrade: an HTTP 429 with the standard error body.
+        await websocket.send_denial_response(error_response(too_many_connections(cap.limit)))
+        return
     try:
-        await connection.run()
+        await websocket.accept()
+        connection = Connection(websocket, state, principal)
+        state.drain.websockets.add(connection)
+        connection.metrics.connections.inc()
+        try:
+            await connection.run()
+        finally:
+            connection.detach_all()
+            state.drain.websockets.discard(connection)
+            connection.metrics.connections.dec()
     finally:
-        connection.detach_all()
-        state.drain.websockets.discard(connection)
-        connection.metrics.connections.dec()
+        cap.release(key)
