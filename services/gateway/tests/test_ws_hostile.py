@@ -180,9 +180,13 @@ async def test_op_flood_gets_rate_limited_then_4400(gateway: Gateway) -> None:
         for index in range(40):
             await ws.send(op="ping", req=index)
         events: list[dict[str, Any]] = []
-        with pytest.raises(websockets.ConnectionClosed) as closed:
+
+        async def read_until_closed() -> None:
             while True:
                 events.append(await ws.event())
+
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await read_until_closed()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4400
         pongs = [e for e in events if e["op"] == "pong"]
@@ -241,8 +245,9 @@ json_leaf = (
 )
 json_value = st.recursive(
     json_leaf,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 field_value = json_value | st.sampled_from(["t.h", "0-0", "0", "1764460800000", "$", "*"])

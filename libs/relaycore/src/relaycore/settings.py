@@ -151,6 +151,8 @@ class Settings:
     valkey_url: str = _env("VALKEY_URL", _valkey_url, "valkey://127.0.0.1:6379")
     valkey_cluster: bool = _env("VALKEY_CLUSTER", parse_bool, False)
     valkey_timeout: float = _env("VALKEY_TIMEOUT", parse_duration, 2.0)
+    # Gateway: a PING this often; unanswered within it, Valkey counts as down (fail fast).
+    valkey_probe_interval: float = _env("VALKEY_PROBE_INTERVAL", parse_duration, 0.5)
     # Listeners and processes
     ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
     ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
@@ -175,10 +177,9 @@ class Settings:
     close_timeout: float = _env("CLOSE_TIMEOUT", parse_duration, 2.0)
     # WebSocket ops (frames) per connection: N/s, N/m or N/h; 0 = off. Over it: error, then 4400.
     ws_op_rate: RateLimit = _env("WS_OP_RATE", RateLimit.parse, RateLimit(100, 1.0))
-    # Open WebSocket + SSE connections per principal (JWT sub, or client IP with auth none); 0 = off.
-    max_connections_per_principal: int = _env(
-        "MAX_CONNECTIONS_PER_PRINCIPAL", _non_negative_int, 0
-    )
+    # Open WebSocket + SSE connections per principal (JWT sub, or client IP with auth none);
+    # 0 = off.
+    max_connections_per_principal: int = _env("MAX_CONNECTIONS_PER_PRINCIPAL", _non_negative_int, 0)
     # Retention, applied on every write
     retention_maxlen: int = _env("RETENTION_MAXLEN", _positive_int, 100_000)
     retention_max_age: float = _env("RETENTION_MAX_AGE", parse_duration, 24 * 3600.0)

@@ -262,6 +262,9 @@ def create_app(
             async with asyncio.TaskGroup() as group:
                 tasks = readers.start(hub, group)
                 tasks.append(group.create_task(hub.sweep_forever(), name="relay-hub-sweeper"))
+                tasks.append(
+                    group.create_task(hub.health.watch_forever(), name="relay-valkey-probe")
+                )
                 log.info("gateway_started", valkey=dsn.redacted(), readers=len(reader_clients))
                 try:
                     yield

@@ -24,6 +24,7 @@ import structlog
 from glide import GlideError
 from opentelemetry.trace import SpanKind, Tracer
 
+from relay_gateway.health import StorageDown, StorageHealth
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
 from relay_gateway.httpwrites import PreparedResponse
 from relay_gateway.metrics import GatewayMetrics
@@ -225,6 +226,8 @@ class Hub:
         self.metrics = metrics
         self.readers = readers
         self.topics: dict[str, Topic] = {}
+        # Whether Valkey answers: operations that need it fail fast while it does not.
+        self.health = StorageHealth(client, probe_interval=settings.valkey_probe_interval)
         self.hot = HotTier(
             window=settings.hot_window,
             max_messages=settings.hot_max_messages,
@@ -249,12 +252,14 @@ class Hub:
         topic.users = 1
         self.topics[name] = topic
         try:
-            info = await stream_info(self.client, name)
+            info = await self.health.call(stream_info(self.client, name))
         except BaseException as error:
             if self.topics.get(name) is topic:
                 del self.topics[name]
             topic.ready.set_exception(Unavailable(str(error)))
             topic.ready.exception()  # retrieved here; waiters get it through shield()
+            if isinstance(error, StorageDown):
+                raise Unavailable(str(error)) from None
             if isinstance(error, GlideError):
                 self.metrics.read_errors.inc()
                 raise Unavailable(str(error)) from None

@@ -110,6 +110,7 @@ class Reader:
                     else:
                         await self._read(hub, self.topics, self.block_ms)
                 except GlideError as error:
+                    hub.health.failed(error)
                     self.metrics.xread_errors.inc()
                     if self.healthy:
                         log.warning("reader_error", reader=self.index, error=str(error))
@@ -119,6 +120,7 @@ class Reader:
                     continue
                 if not self.healthy:
                     log.info("reader_recovered", reader=self.index)
+                    hub.health.mark_up()
                     try:
                         await self._rewind_reset_streams(hub)
                     except GlideError:

@@ -14,7 +14,8 @@ stored atomically by the publish function. For a cursor ``c``:
   instant, not a position.
 
 A cursor inside the topic's hot window is answered from memory (a hot-tier hit); anything
-older is read from Valkey with XRANGE.
+older is read from Valkey with XRANGE — at once ``Unavailable`` while Valkey is known to be
+down (:mod:`relay_gateway.health`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from glide import GlideError
 
+from relay_gateway.health import StorageDown
 from relay_gateway.hot import Message
 from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic, Unavailable
 from relaycore.ids import MAX_SEQ, ZERO, Cursor, StreamId
@@ -56,7 +58,9 @@ async def read_history(hub: Hub, topic: Topic, after: StreamId, count: int) -> l
     if after == LAST_POSSIBLE_ID:
         return []  # nothing can follow it, and Valkey rejects an exclusive range starting there
     try:
-        entries = await read_after(hub.client, topic.name, after, count)
+        entries = await hub.health.call(read_after(hub.client, topic.name, after, count))
+    except StorageDown as error:
+        raise Unavailable(str(error)) from None
     except GlideError as error:
         hub.metrics.read_errors.inc()
         raise Unavailable(str(error)) from None
@@ -66,7 +70,9 @@ async def read_history(hub: Hub, topic: Topic, after: StreamId, count: int) -> l
 async def stream_end(hub: Hub, name: str) -> StreamId:
     """The stream's last generated id (``0-0`` when it does not exist)."""
     try:
-        info = await stream_info(hub.client, name)
+        info = await hub.health.call(stream_info(hub.client, name))
+    except StorageDown as error:
+        raise Unavailable(str(error)) from None
     except GlideError as error:
         hub.metrics.read_errors.inc()
         raise Unavailable(str(error)) from None
