@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import msgspec
 import websockets
-from glide import Batch, RequestError
+from glide import Batch, RequestError, TrimByMaxLen
 
 from relay_gateway.app import create_app
 from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.wsframes import RelayWebSocketProtocol
+from relaycore.keys import stream_key
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
 from relaycore.testing import UvicornServer
@@ -78,6 +79,20 @@ async def publish(
         results = await client.exec(batch, raise_on_error=True)
     assert results is not None
     return [result[0].decode() for result in results]
+
+
+async def publish_trimmed(
+    client: ValkeyClient, topic: str, payloads: list[Any], *, keep: int
+) -> list[str]:
+    """Publish ``payloads`` and trim the stream to its last ``keep`` entries (exact MAXLEN),
+    atomically: no reader can see the entries that are trimmed. Their ids."""
+    batch = Batch(is_atomic=True)
+    for payload in payloads:
+        add_publish(batch, topic, msgspec.json.encode(payload), None, None, RETAIN)
+    batch.xtrim(stream_key(topic), TrimByMaxLen(exact=True, threshold=keep))
+    results = await client.exec(batch, raise_on_error=True)
+    assert results is not None
+    return [result[0].decode() for result in results[: len(payloads)]]
 
 
 def id_key(message_id: str) -> tuple[int, int]:
