@@ -86,6 +86,7 @@ async def publish_trimmed(
 ) -> list[str]:
     """Publish ``payloads`` and trim the stream to its last ``keep`` entries (exact MAXLEN),
     atomically: no reader can see the entries that are trimmed. Their ids."""
+    await ensure_functions(client)  # a transaction cannot retry a missing function
     batch = Batch(is_atomic=True)
     for payload in payloads:
         add_publish(batch, topic, msgspec.json.encode(payload), None, None, RETAIN)
