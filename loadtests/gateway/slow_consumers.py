@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import sys
@@ -189,7 +190,7 @@ async def main(args: argparse.Namespace) -> int:
         f"(+{growth:.0f} MiB), {rss_end / MiB:.0f} MiB at the end"
     )
     ok &= growth < 200
-    in_order = all(id_key(a) < id_key(b) for a, b in zip(received, received[1:], strict=False))
+    in_order = all(id_key(a) < id_key(b) for a, b in itertools.pairwise(received))
     complete = received == published
     print(
         f"normal subscriber: {len(received)}/{len(published)} messages, in order: {in_order}, "
@@ -210,6 +211,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--gateway-python",
         default=sys.executable,
-        help="interpreter that runs the gateway (another checkout's .venv/bin/python: before/after)",
+        help="interpreter running the gateway (another checkout's .venv/bin/python: before/after)",
     )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -159,7 +159,10 @@ class WsConsumer:
                 for line in raw.split("\n"):
                     self.handle(msgspec.json.decode(line))
         except ConnectionClosed as closed:
-            assert closed.rcvd is None or closed.rcvd.code == 1012, closed
+            code = None if closed.rcvd is None else closed.rcvd.code
+        else:
+            code = None
+        assert code in (None, 1012), code
         self.close()
 
     def close(self) -> None:
