@@ -160,8 +160,6 @@ class WsConsumer:
                     self.handle(msgspec.json.decode(line))
         except ConnectionClosed as closed:
             code = None if closed.rcvd is None else closed.rcvd.code
-        else:
-            code = None
         assert code in (None, 1012), code
         self.close()
 
