@@ -98,6 +98,12 @@ _ERRORS = {
 }  # fmt: skip
 
 
+_TOO_MANY = {
+    "description": "Over RELAY_MAX_CONNECTIONS_PER_PRINCIPAL open WebSocket/SSE connections",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
 def _openapi() -> dict[str, Any]:
     paths = {
         "/api/v1/poll": {"get": {
@@ -118,12 +124,13 @@ def _openapi() -> dict[str, Any]:
             "parameters": [_TOPIC, _SINCE],
             "responses": {"200": {"description": "event: message (data: Envelope), event: gap "
                                   "(data: GapEvent)", "content": {"text/event-stream": {}}},
-                          **_ERRORS},
+                          **_ERRORS, "429": _TOO_MANY},
         }},
         "/api/v1/ws": {"get": {
             "summary": "WebSocket: send ClientFrame ops; receive newline-separated events",
             "responses": {"101": {"description": "Switching protocols"},
-                          "403": {"description": "Origin not allowed"}},
+                          "403": {"description": "Origin not allowed"},
+                          "429": _TOO_MANY},
         }},
         "/health": {"get": {"summary": "Process alive",
                             "responses": {"200": {"description": "ok"}}}},
