@@ -92,6 +92,8 @@ class EventStream(Response):
         return held == 0 or held + size <= self.state.settings.max_queue_bytes
 
     def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
+        if self.slow:
+            return  # being cut: nothing more is held
         if not self._fits(len(item)) or not self.queue.push(item, count, oldest_ms):
             self.overflow()
 

@@ -191,12 +191,18 @@ class Connection:
         return held == 0 or held + size <= self.settings.max_queue_bytes
 
     def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
+        if self.closed:
+            return  # closing: nothing more is sent, nothing more is held
         if not self._fits(len(item)) or not self.queue.push(item, count, oldest_ms):
             self.overflow()
 
     # -- Sink: called synchronously by the hub while fanning out ---------------------------
 
     def deliver(self, message: Message) -> None:
+        if self.closed:
+            # Closing (a slow consumer's queue was dropped): a later message written now would
+            # reach the client after a hole it is never told about.
+            return
         frames = self.frames
         if frames is not None and not self.queue.items and frames.frames_writable:
             frame = message.ws_frame
@@ -209,6 +215,8 @@ class Connection:
             self._push(message.ws_bytes, 1, message.id.ms)
 
     def deliver_batch(self, batch: Batch) -> None:
+        if self.closed:
+            return
         frames = self.frames
         if frames is not None and not self.queue.items and frames.frames_writable:
             # The hot path: the same frame bytes for every subscriber; the hub accounts them.
