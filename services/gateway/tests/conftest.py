@@ -12,18 +12,35 @@ import pytest
 from relay_gateway.testing import gateway_settings, run_gateway
 from relaycore.testing import UvicornServer
 
+# The transport tests also run on uvicorn's own protocols: what the gateway falls back to when
+# the installed uvicorn lacks an internal relaycore.uvicorn_ext uses (plain ASGI sends only).
+TRANSPORT_TESTS = {"test_websocket", "test_sse", "test_longpoll", "test_resume", "test_seam"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "served_by" in metafunc.fixturenames and metafunc.definition.path.stem in TRANSPORT_TESTS:
+        metafunc.parametrize("served_by", ["uvicorn_ext", "plain_asgi"])
+
+
+@pytest.fixture
+def served_by() -> str:
+    """Which protocols serve the ``gateway`` fixture's servers by default."""
+    return "uvicorn_ext"
+
 
 @pytest.fixture
 def gateway(
-    valkey_url: str,
+    valkey_url: str, served_by: str
 ) -> Callable[..., contextlib.AbstractAsyncContextManager[UvicornServer]]:
     """``async with gateway(**settings_overrides) as server`` → a running gateway.
 
-    ``relay_protocols=False`` serves it with uvicorn's own protocols (plain ASGI sends only).
+    ``relay_protocols=False`` serves it with uvicorn's own protocols (plain ASGI sends only);
+    by default the transport tests run both ways (``served_by``).
     """
+    default = served_by == "uvicorn_ext"
 
     def start(
-        *, relay_protocols: bool = True, **overrides: Any
+        *, relay_protocols: bool = default, **overrides: Any
     ) -> contextlib.AbstractAsyncContextManager[UvicornServer]:
         return run_gateway(
             gateway_settings(valkey_url, **overrides), relay_protocols=relay_protocols

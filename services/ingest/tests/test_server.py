@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 
 from relay_ingest.app import create_app
-from relaycore.httpprotocol import CoalescingHttpToolsProtocol
 from relaycore.settings import Settings
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
 
 MESSAGES = "/api/v1/messages"
 

@@ -1,8 +1,8 @@
 """HTTP pieces both services share: error bodies, CORS, OpenAPI from msgspec types, /docs.
 
 Every error anywhere has the body ``{"error": {"code", "message", "details"}}`` (contract §7).
-Handlers raise :class:`ApiError`; :func:`exception_handlers` turns it, and anything unexpected,
-into that body, so no client input can produce a bare 500 page.
+Handlers raise :class:`ApiError`; :func:`exception_handlers` turns it, and anything unexpected
+(with :mod:`relaycore.errors`), into that body, so no client input can produce a bare 500 page.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from relaycore.errors import internal_error_response
 from relaycore.models import ErrorDetail, error_body, json_schema_components
 from relaycore.settings import Settings
 
@@ -91,7 +92,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 def exception_handlers() -> dict[Any, Any]:
-    return {ApiError: _api_error, HTTPException: _http_exception}
+    # ``Exception`` goes to Starlette's outermost ServerErrorMiddleware, which answers with it and
+    # re-raises to the service's error boundary (relaycore.errors), where it is logged.
+    return {
+        ApiError: _api_error,
+        HTTPException: _http_exception,
+        Exception: internal_error_response,
+    }
 
 
 def cors_middleware(settings: Settings, methods: Sequence[str]) -> list[Middleware]:

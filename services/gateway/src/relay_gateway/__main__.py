@@ -18,25 +18,26 @@ import uvicorn
 
 from relay_gateway import redact
 from relay_gateway.app import create_app
-from relay_gateway.httpwrites import RelayHttpProtocol
 from relay_gateway.shutdown import Drain, GatewayServer
-from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.logging import configure_service_logging, uvicorn_log_config
 from relaycore.runtime import tune_gc
 from relaycore.settings import ConfigError, Settings
+from relaycore.uvicorn_ext import server_protocols
 
 __all__ = ["main"]
 
 
 def uvicorn_options(settings: Settings) -> dict[str, object]:
+    # One write per response and prepared poll answers (http), uvicorn's sans-I/O WebSocket
+    # implementation plus the raw frame path (ws): relaycore.uvicorn_ext, or uvicorn's own
+    # protocols when the installed uvicorn lacks an internal they use.
+    protocols = server_protocols(websockets=True, prepared_responses=True)
     return {
         "host": settings.gateway_host,
         "port": settings.gateway_port,
         "loop": "uvloop",
-        # httptools, one write per response (relay_gateway.httpwrites).
-        "http": RelayHttpProtocol,
-        # uvicorn's sans-I/O implementation plus the raw frame path (relay_gateway.wsframes).
-        "ws": RelayWebSocketProtocol,
+        "http": protocols.http,
+        "ws": protocols.ws,
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval,

@@ -25,7 +25,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from relay_gateway.httpwrites import response_writer
 from relay_gateway.hub import Hub
 from relay_gateway.limits import ConnectionCap
 from relay_gateway.longpoll import (
@@ -42,6 +41,7 @@ from relay_gateway.sse import sse_endpoint
 from relay_gateway.state import GatewayState, gateway_state
 from relay_gateway.websocket import ClientFrame, websocket_endpoint
 from relaycore.auth import Authenticator
+from relaycore.errors import answer_unhandled
 from relaycore.http import (
     ApiError,
     cors_middleware,
@@ -52,6 +52,7 @@ from relaycore.http import (
 )
 from relaycore.metrics import metrics_endpoint
 from relaycore.models import Envelope, ErrorBody
+from relaycore.prepared import response_writer
 from relaycore.settings import Settings
 from relaycore.tracing import Tracing
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
@@ -192,26 +193,34 @@ class GatewayApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if scope["type"] == "websocket" and path == root + WS_PATH:
-            scope["app"] = self
-            await websocket_endpoint(WebSocket(scope, receive, send))
-            return
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and path == root + POLL_PATH
-            and not _has_origin(scope["headers"])
-        ):
-            scope["app"] = self
-            try:
-                response = await poll_endpoint(Request(scope, receive), response_writer(scope))
-            except ApiError as error:
-                response = error_response(error)
-            await response(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+        # The error boundary, outermost (relaycore.errors): a try costs nothing until it fires,
+        # and it is inlined here because a helper coroutine would be one more suspended frame
+        # (~300 bytes) held by every idle WebSocket for its whole life.
+        try:
+            path = scope.get("path", "")
+            root = scope.get("root_path", "")
+            if scope["type"] == "websocket" and path == root + WS_PATH:
+                scope["app"] = self
+                await websocket_endpoint(WebSocket(scope, receive, send))
+                return
+            if (
+                scope["type"] == "http"
+                and scope["method"] == "GET"
+                and path == root + POLL_PATH
+                and not _has_origin(scope["headers"])
+            ):
+                scope["app"] = self
+                try:
+                    response = await poll_endpoint(Request(scope, receive), response_writer(scope))
+                except ApiError as error:
+                    response = error_response(error)
+                await response(scope, receive, send)
+                return
+            await super().__call__(scope, receive, send)
+        except Exception as error:
+            if scope["type"] == "lifespan":
+                raise
+            await answer_unhandled(scope, send, error)
 
 
 def create_app(

@@ -20,9 +20,9 @@ from collections import OrderedDict
 
 import msgspec
 
-from relay_gateway.httpwrites import PreparedResponse
-from relay_gateway.wsframes import text_frame
+from relaycore.frames import text_frame
 from relaycore.ids import ZERO, StreamId
+from relaycore.prepared import PreparedResponse
 from relaycore.streams import StreamEntry
 
 __all__ = ["Batch", "HotTier", "HotWindow", "Message"]

@@ -26,11 +26,11 @@ from opentelemetry.trace import SpanKind, Tracer
 
 from relay_gateway.health import StorageDown, StorageHealth
 from relay_gateway.hot import Batch, HotTier, HotWindow, Message, topic_json
-from relay_gateway.httpwrites import PreparedResponse
 from relay_gateway.metrics import GatewayMetrics
 from relaycore.ids import MAX_SEQ, ZERO, StreamId
 from relaycore.keys import stream_key
 from relaycore.models import decode_headers
+from relaycore.prepared import PreparedResponse
 from relaycore.settings import Settings
 from relaycore.streams import StreamEntry, stream_info
 from relaycore.tracing import link_from_traceparent

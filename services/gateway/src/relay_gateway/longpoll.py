@@ -20,7 +20,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from relay_gateway.hot import Batch, Message
-from relay_gateway.httpwrites import PreparedResponse, ResponseWriter
 from relay_gateway.hub import Topic, Unavailable
 from relay_gateway.metrics import TransportMetrics
 from relay_gateway.params import (
@@ -36,6 +35,7 @@ from relay_gateway.params import (
 from relay_gateway.recovery import decide, stream_end
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.ids import Cursor
+from relaycore.prepared import PreparedResponse, ResponseWriter
 
 __all__ = [
     "DEFAULT_LIMIT",

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
-from relay_gateway.httpwrites import ResponseWriter, response_writer
+from relaycore.prepared import ResponseWriter, response_writer
 from relay_gateway.hub import Feed, Topic, Unavailable
 from relay_gateway.limits import principal_key, too_many_connections
 from relay_gateway.params import (
@@ -70,7 +70,7 @@ class EventStream(Response):
         self.principal_key = principal_key
         self.feed: Feed | None = None
         self.resume: Resume | None = None
-        # The raw path of relay_gateway.httpwrites (None under other servers).
+        # The relay.response extension (relaycore.prepared; None under other servers).
         self.writer: ResponseWriter | None = None
 
     async def prepare(self) -> None:

@@ -21,12 +21,11 @@ import websockets
 from glide import Batch, RequestError, TrimByMaxLen
 
 from relay_gateway.app import create_app
-from relay_gateway.httpwrites import RelayHttpProtocol
-from relay_gateway.wsframes import RelayWebSocketProtocol
 from relaycore.keys import stream_key
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext import server_protocols
 from relaycore.valkey import ValkeyClient
 
 RETAIN = StreamRetention(maxlen=100_000, max_age_ms=0, idempotency_ttl_ms=60_000)
@@ -44,11 +43,13 @@ async def run_gateway(
 ) -> AsyncIterator[UvicornServer]:
     """A gateway as ``relay-gateway`` serves it (uvicorn with the relay's protocol classes:
     raw WebSocket frames, coalesced HTTP writes); ``relay_protocols=False``: uvicorn's own
-    httptools and sans-I/O WebSocket protocols, as any ASGI server would serve the app."""
+    httptools and sans-I/O WebSocket protocols, as any ASGI server would serve the app (and
+    as the gateway serves it when the installed uvicorn lacks an internal the extension uses)."""
+    protocols = server_protocols(websockets=True, prepared_responses=True)
     server = UvicornServer(
         create_app(settings, valkey=valkey),
-        http=RelayHttpProtocol if relay_protocols else "httptools",
-        ws=RelayWebSocketProtocol if relay_protocols else "websockets-sansio",
+        http=protocols.http if relay_protocols else "httptools",
+        ws=protocols.ws if relay_protocols else "websockets-sansio",
         ws_max_size=settings.max_ws_frame_bytes,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval,

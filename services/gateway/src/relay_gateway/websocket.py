@@ -6,7 +6,7 @@ Client → server: one JSON object per text frame, ``op`` one of ``subscribe`` (
 ``subscribed``, ``message``, ``gap``, ``unsubscribed``, ``pong``, ``error``.
 
 A connection's own task reads and handles the client's frames; output goes straight to the
-transport through the raw frame path (:mod:`relay_gateway.wsframes`) or, without it, through a
+transport through the raw frame path (:mod:`relaycore.frames`) or, without it, through a
 writer task draining the connection's :class:`~relay_gateway.client_queue.OutboundQueue`; with
 auth a third task watches the token's expiry. Whatever asks to close interrupts the reader,
 which then sends what is left and the close frame. Close codes: 1007 invalid UTF-8 (the
@@ -37,8 +37,8 @@ from relay_gateway.hub import Feed, Unavailable
 from relay_gateway.limits import OpBudget, principal_key, too_many_connections
 from relay_gateway.recovery import catch_up, decide
 from relay_gateway.state import GatewayState, authenticate, gateway_state
-from relay_gateway.wsframes import FrameWriter, frame_writer, text_frame
 from relaycore.auth import AuthError, Principal
+from relaycore.frames import FrameWriter, frame_writer, text_frame
 from relaycore.http import error_response, origin_allowed
 from relaycore.ids import ZERO, Cursor, parse_cursor
 from relaycore.keys import is_valid_topic
@@ -132,8 +132,8 @@ class Connection:
     """One WebSocket consumer: its subscriptions (feeds), outbound queue and tasks.
 
     Output goes through one path per connection so events keep their order. With the server's
-    raw frame path (:mod:`relay_gateway.wsframes`, uvicorn with
-    :class:`~relay_gateway.wsframes.RelayWebSocketProtocol`) an event is written to the
+    raw frame path (:mod:`relaycore.frames`, uvicorn with
+    :class:`~relaycore.uvicorn_ext.websocket.RelayWebSocketProtocol`) an event is written to the
     transport at once — the hub's fan-out writes the same pre-built frame to every subscriber —
     while the transport is below its high-water mark and nothing is queued; otherwise it is
     queued and the whole queue is packed into frames when the transport drains. Without that

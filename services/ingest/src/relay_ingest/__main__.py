@@ -77,9 +77,12 @@ def main() -> None:
     settings = load_settings()
     # Imported after the settings check: a bad variable is reported without loading the stack.
     from relay_ingest.app import create_app
-    from relaycore.httpprotocol import CoalescingHttpToolsProtocol
+    from relaycore.uvicorn_ext import server_protocols
 
     _configure_logging(settings)
+    # One write per response (relaycore.uvicorn_ext), or uvicorn's own httptools protocol when
+    # the installed uvicorn lacks an internal it uses.
+    protocols = server_protocols(websockets=False, prepared_responses=False)
     many = settings.workers > 1
     # Several workers need an import string: each process builds its own app (and tunes its
     # own collector, in app_from_environment).
@@ -94,8 +97,8 @@ def main() -> None:
         host=settings.ingest_host,
         port=settings.ingest_port,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
-        ws="none",
+        http=protocols.http,
+        ws=protocols.ws,
         lifespan="on",
         log_config=uvicorn_log_config(),
         log_level=settings.log_level,

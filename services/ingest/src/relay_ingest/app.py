@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from relay_ingest.fastlane import IngestApp
 from relay_ingest.messages import MessageLimits
@@ -32,7 +30,7 @@ from relay_ingest.routes import routes
 from relay_ingest.spans import PublishSpans
 from relay_ingest.state import IngestState
 from relaycore.auth import Authenticator
-from relaycore.http import ApiError, cors_middleware, error_response, exception_handlers
+from relaycore.http import cors_middleware, exception_handlers
 from relaycore.logging import get_logger
 from relaycore.models import RetentionInfo
 from relaycore.settings import Settings
@@ -51,12 +49,6 @@ def retention_of(settings: Settings) -> StreamRetention:
         max_age_ms=int(settings.retention_max_age * 1000),
         idempotency_ttl_ms=max(1, int(settings.idempotency_window * 1000)),
     )
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # A bug must still answer in the §7 shape (and be logged), never as a bare text page.
-    log.exception("unhandled_error", path=request.url.path)
-    return error_response(ApiError(500, "internal", "internal error"))
 
 
 def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Starlette:
@@ -139,13 +131,12 @@ def create_app(settings: Settings, *, valkey: ValkeyClient | None = None) -> Sta
         Middleware(RequestMetricsMiddleware, metrics=metrics, templates=endpoint_templates),
         *cors,
     ]
-    handlers = {**exception_handlers(), Exception: _unexpected}
     # Publishes without an Origin header take the fast lane in front of all of this.
     return IngestApp(
         metrics=metrics,
         vary_origin=bool(cors),
         routes=routes,
         middleware=middleware,
-        exception_handlers=handlers,
+        exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

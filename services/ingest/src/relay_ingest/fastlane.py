@@ -24,14 +24,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay_ingest.body import asgi_body
 from relay_ingest.metrics import IngestMetrics
-from relay_ingest.publishing import Reply, error_reply, publish_batch, publish_single
+from relay_ingest.publishing import Reply, publish_batch, publish_single
 from relay_ingest.state import IngestState
-from relaycore.http import ApiError
-from relaycore.logging import get_logger
+from relaycore.errors import answer_unhandled
 
 __all__ = ["FastLane", "IngestApp"]
-
-log = get_logger("relay_ingest.fastlane")
 
 Handler = Callable[[IngestState, Mapping[str, str], AsyncIterator[bytes]], Awaitable[Reply]]
 
@@ -84,10 +81,11 @@ class FastLane:
         state: IngestState = app.state.ingest
         try:
             reply = await handler(state, headers, asgi_body(receive))
-        except Exception:
-            # Same contract as the routes: a bug answers in the §7 shape and is logged.
-            log.exception("unhandled_error", path=scope["path"])
-            reply = error_reply(ApiError(500, "internal", "internal error"))
+        except Exception as error:
+            # Same contract as the routes: a bug answers in the §7 shape, logged once.
+            await answer_unhandled(scope, send, error)
+            self._timer(scope["path"], 500).observe(time.perf_counter() - started)
+            return
         raw = [_JSON, (b"content-length", b"%d" % len(reply.body))]
         if reply.headers:
             raw.extend((k.lower().encode(), v.encode()) for k, v in reply.headers.items())
@@ -127,4 +125,10 @@ class IngestApp(Starlette):
         await super().__call__(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.fast_lane(scope, receive, send)
+        # The error boundary, outermost: see relaycore.errors. A try costs nothing until it fires.
+        try:
+            await self.fast_lane(scope, receive, send)
+        except Exception as error:
+            if scope["type"] == "lifespan":
+                raise
+            await answer_unhandled(scope, send, error)

@@ -13,8 +13,9 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from relay_gateway.testing import id_key, publish, ws_client
-from relay_gateway.wsframes import RelayWebSocketProtocol, frame_writer, text_frame
+from relaycore.frames import frame_writer, text_frame
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
@@ -135,21 +136,3 @@ async def test_fan_out_reaches_every_subscriber(
             for client in clients:
                 await client.__aexit__(None, None, None)
 
-
-def test_the_uvicorn_internals_the_close_path_relies_on_are_there() -> None:
-    """RelayWebSocketProtocol's bounded close uses these private parts of uvicorn's sans-I/O
-    protocol (and ResponseWriter.cut those of its HTTP cycle); fail loudly when they change."""
-    import inspect
-
-    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-    for method in ("keepalive_timeout", "handle_close", "send", "resume_writing", "shutdown"):
-        assert callable(getattr(WebSocketsSansIOProtocol, method)), method
-    init = inspect.getsource(WebSocketsSansIOProtocol.__init__)
-    for attribute in ("close_sent", "close_timer", "close_timeout", "read_paused", "conn",
-                      "disconnected", "queue", "writable"):  # fmt: skip
-        assert f"self.{attribute} " in init or f"self.{attribute}:" in init, attribute
-    cycle = inspect.getsource(RequestResponseCycle.__init__)
-    for attribute in ("disconnected", "message_event", "transport"):
-        assert f"self.{attribute} " in cycle or f"self.{attribute}:" in cycle, attribute

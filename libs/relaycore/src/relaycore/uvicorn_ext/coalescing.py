@@ -11,7 +11,8 @@ event-loop iteration — and then writes them as one. The ASGI spec allows this 
 not flush the response start before the first body message).
 
 A WebSocket upgrade hands the real transport to the WebSocket protocol: frames are never
-delayed.
+delayed. The uvicorn internals this relies on are checked in
+:mod:`relaycore.uvicorn_ext.internals`.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import httpx
 import msgspec
 import pytest
 
-from relay_gateway.httpwrites import CoalescingTransport
 from relay_gateway.testing import publish
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.coalescing import CoalescingTransport
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

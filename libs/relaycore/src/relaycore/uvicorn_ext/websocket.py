@@ -1,33 +1,36 @@
-"""Encode once, write many: a raw WebSocket frame path next to uvicorn's ASGI ``send``.
+"""The ``relay.frames`` extension on uvicorn's sans-I/O WebSocket protocol.
 
-Server → client frames are never masked, so the complete frame of one event (or of one packed
-batch of events) is the same bytes for every subscriber. :func:`text_frame` builds it once and
-:class:`RelayWebSocketProtocol` — uvicorn's sans-I/O ``websockets`` protocol plus one ASGI scope
-extension, ``relay.frames`` — lets the app write those bytes straight to each connection's
+:class:`RelayWebSocketProtocol` is uvicorn's ``WebSocketsSansIOProtocol`` plus one ASGI scope
+extension, ``relay.frames`` (:class:`relaycore.frames.FrameWriter`), which lets the app write
+frames encoded once (:func:`relaycore.frames.text_frame`) straight to each connection's
 transport: no ASGI message, no per-connection framing, no task wake-up per delivery.
 
 The extension is only a fast path. Everything else — the handshake, inbound frames, pings and
 pongs, the close handshake — stays uvicorn's, and an app served by any other ASGI server (no
 ``relay.frames`` in the scope) falls back to ``websocket.send``. The app keeps ordering by
 writing through one path per connection, and keeps backpressure by writing raw frames only while
-the transport is below its high-water mark (:attr:`frames_writable`); otherwise it queues and
-flushes when :meth:`on_frames_writable`'s callback runs (uvicorn's ``resume_writing``).
+the transport is below its high-water mark (``frames_writable``); otherwise it queues and
+flushes when ``on_frames_writable``'s callback runs (uvicorn's ``resume_writing``).
 
 The extension also bounds how long a closing connection may hold its socket. uvicorn's own
 close waits for the transport to become writable (forever, for a peer that stopped reading)
 and then *closes* the transport, which keeps the socket ESTABLISHED while its write buffer
-cannot drain. :meth:`~FrameWriter.close_now` writes the close frame at once and
-:meth:`~FrameWriter.abort` drops the socket with its buffer; every server-side close (the app's,
-a keepalive timeout, a peer's close frame while our buffer is full) aborts the transport when
-the connection is not gone ``close_timeout`` seconds later.
+cannot drain. ``close_now`` writes the close frame at once and ``abort`` drops the socket with
+its buffer; every server-side close (the app's, a keepalive timeout, a peer's close frame while
+our buffer is full) aborts the transport when the connection is not gone ``close_timeout``
+seconds later.
+
+The uvicorn internals this relies on are listed, and checked, in
+:mod:`relaycore.uvicorn_ext.internals`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
+import math
+import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, cast
 
 from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
@@ -35,70 +38,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.frames import Frame
 from websockets.http11 import Request
+from websockets.protocol import OPEN, Protocol
+from websockets.streams import StreamReader
 
-__all__ = ["EXTENSION", "FrameWriter", "RelayWebSocketProtocol", "frame_writer", "text_frame"]
+from relaycore.frames import EXTENSION
 
-EXTENSION = "relay.frames"
-
-_FIN_TEXT = 0x81
-_SHORT = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented text frame (RFC 6455 §5.2) carrying ``payload`` (UTF-8)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_FIN_TEXT, size)) + payload
-    if size < 65536:
-        return _SHORT.pack(_FIN_TEXT, 126, size) + payload
-    return _LONG.pack(_FIN_TEXT, 127, size) + payload
-
-
-class FrameWriter(Protocol):
-    """What the app sees under ``scope["extensions"]["relay.frames"]``."""
-
-    @property
-    def frames_writable(self) -> bool:
-        """Open, past the handshake, not closing, and the transport is below its high-water mark."""
-        ...
-
-    def write_frames(self, data: bytes) -> None:
-        """Write complete frames as they are; only call while :attr:`frames_writable`."""
-        ...
-
-    def on_frames_writable(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` whenever the transport drains below its low-water mark."""
-        ...
-
-    async def wait_frames_writable(self) -> None:
-        """Until the transport drained (or the connection is gone)."""
-        ...
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes written but still in the transport's buffer (not yet taken by the kernel)."""
-        ...
-
-    def set_close_timeout(self, seconds: float) -> None:
-        """How long any close may take before the transport is aborted."""
-        ...
-
-    def close_now(self, code: int, reason: str = "", *, frame: bool = True) -> None:
-        """Close without waiting for the transport: the close frame (if ``frame``), then abort
-        the transport unless the closing handshake ends within the close timeout."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the connection at once, discarding what its buffer holds."""
-        ...
-
-
-def frame_writer(scope: Any) -> FrameWriter | None:
-    """The raw frame path of this connection, if the server offers one."""
-    extensions = scope.get("extensions") or {}
-    writer = extensions.get(EXTENSION)
-    return writer if writer is not None else None
+__all__ = ["RelayWebSocketProtocol"]
 
 
 class _Inbox:
@@ -167,13 +112,93 @@ class _Flag:
                     self._waiters.remove(waiter)
 
 
+class _Due:
+    """One connection's next keepalive ping in a :class:`_Keepalive` wheel (a TimerHandle's job)."""
+
+    __slots__ = ("cancelled", "protocol")
+
+    def __init__(self, protocol: RelayWebSocketProtocol) -> None:
+        self.protocol = protocol
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Keepalive:
+    """Every connection's keepalive pings on one timer per event loop, ticking once a second.
+
+    uvicorn schedules each connection's next ping with its own ``loop.call_later``: a timer
+    handle, its libuv timer and a bound method, ~600 bytes held by every idle connection. Pings
+    need no sub-second precision, so connections wait in per-second buckets instead, and the
+    wheel's one timer exists only while some connection waits.
+    """
+
+    __slots__ = ("buckets", "timer")
+
+    # Weak, and no wheel refers to its loop: a loop closed while connections still waited
+    # (tests run many loops in one process) takes its wheel with it.
+    _wheels: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Keepalive]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[_Due]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def add(cls, protocol: RelayWebSocketProtocol, delay: float) -> _Due:
+        loop = protocol.loop
+        wheel = cls._wheels.get(loop)
+        if wheel is None:
+            wheel = cls._wheels[loop] = cls()
+        due = _Due(protocol)
+        second = math.ceil(loop.time() + delay)
+        bucket = wheel.buckets.get(second)
+        if bucket is None:
+            wheel.buckets[second] = [due]
+        else:
+            bucket.append(due)
+        if wheel.timer is None:
+            wheel.timer = loop.call_at(second, wheel._tick)
+        return due
+
+    def _tick(self) -> None:
+        self.timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for second in sorted(s for s in self.buckets if s <= now):
+            for due in self.buckets.pop(second):
+                protocol = due.protocol
+                if not due.cancelled and cast(object, protocol.ping_timer) is due:
+                    protocol.send_keepalive_ping()
+        if self.buckets:
+            self.timer = loop.call_at(min(self.buckets), self._tick)
+        else:
+            self._wheels.pop(loop, None)
+
+
+def _at_frame_boundary(conn: Protocol) -> bool:
+    """Whether ``conn``'s parser waits for the first byte of a frame with nothing buffered."""
+    outer = conn.parser
+    inner = getattr(outer, "gi_yieldfrom", None)  # ServerProtocol.parse -> Protocol.parse
+    waiting = getattr(inner, "gi_yieldfrom", None)  # Protocol.parse -> StreamReader.at_eof
+    return (
+        not conn.reader.buffer
+        and getattr(inner, "gi_code", None) is Protocol.parse.__code__
+        and getattr(waiting, "gi_code", None) is StreamReader.at_eof.__code__
+    )
+
+
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, plus the ``relay.frames`` scope extension.
 
     Pass it as uvicorn's ``ws=`` (a protocol class is accepted there). It also holds an idle
     connection in less memory: a list-based inbox and a waiter-on-demand ``writable`` flag
-    instead of an ``asyncio.Queue`` and an ``asyncio.Event`` (four deques of ~600 bytes), and
-    the handshake's request and response objects are dropped once the handshake is done.
+    instead of an ``asyncio.Queue`` and an ``asyncio.Event`` (four deques of ~600 bytes),
+    keepalive pings on one shared timer (:class:`_Keepalive`), and the handshake's request
+    (with its headers) dropped once the handshake is done — by uvicorn's references, and by the
+    websockets parser, whose handshake frame would keep it for the connection's whole life.
     """
 
     _frames_callback: Callable[[], None] | None = None
@@ -198,8 +223,29 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             # Only the handshake reads these; an idle connection need not keep its headers.
             self.request = None  # type: ignore[assignment]  # released after the handshake
             self.response = None  # type: ignore[assignment]  # released after the handshake
+            self._release_handshake_parser()
         elif message["type"] == "websocket.close" and self.close_sent:
             self._abort_later()
+
+    def _release_handshake_parser(self) -> None:
+        """Continue parsing frames in a parser that never saw the handshake request.
+
+        websockets' server parser reads the request, then runs the frame parser from inside
+        that frame, whose local ``request`` (every header) thus lives as long as the connection.
+        The plain frame parser, started fresh, is the same state machine without it — provided
+        it is swapped in between frames, with nothing buffered, which is where a connection
+        waits right after the handshake (the client waits for the 101). Otherwise it is left.
+        """
+        conn = self.conn
+        if conn.state is OPEN and _at_frame_boundary(conn):
+            parser = Protocol.parse(conn)
+            next(parser)
+            conn.parser = parser
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = _Keepalive.add(self, delay)  # type: ignore[assignment]  # cancel() is all uvicorn calls
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from relaycore.httpprotocol import CoalescingHttpToolsProtocol, CoalescingTransport
 from relaycore.testing import UvicornServer
+from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
 
 
 async def streaming_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,0 +1,60 @@
+"""The one place that reaches into uvicorn's private protocol layer.
+
+Both services' fastest paths are uvicorn protocol subclasses, one module per concern:
+
+- :mod:`~relaycore.uvicorn_ext.coalescing`: each HTTP response in one socket write (both
+  services);
+- :mod:`~relaycore.uvicorn_ext.responses`: the ``relay.response`` extension, prepared long-poll
+  answers written straight to waiting requests (gateway);
+- :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
+  encoded once and written straight to each transport (gateway);
+- :mod:`~relaycore.uvicorn_ext.internals`: every uvicorn internal those rely on, checked.
+
+The app side sees only the pure modules :mod:`relaycore.frames` and :mod:`relaycore.prepared`
+(the extension protocols and the bytes they carry), so the data model never imports server
+code. Tested with the uvicorn range the services declare (``uvicorn>=0.35,<0.55``). When the
+installed uvicorn lacks an internal, :func:`server_protocols` logs what is missing and hands out
+uvicorn's own protocols instead: the apps then see no extension in the scope and answer through
+plain ASGI ``send``, more slowly but correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relaycore.logging import get_logger
+from relaycore.uvicorn_ext.internals import missing
+
+__all__ = ["ServerProtocols", "server_protocols"]
+
+log = get_logger("relaycore.uvicorn_ext")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProtocols:
+    """uvicorn's ``http=`` and ``ws=`` options: a protocol class or one of uvicorn's names."""
+
+    http: type | str
+    ws: type | str
+    extended: bool  # False: uvicorn's own protocols (plain ASGI)
+
+
+def server_protocols(*, websockets: bool, prepared_responses: bool) -> ServerProtocols:
+    """The relay's protocols when the installed uvicorn has every internal they use.
+
+    ``websockets``: serve WebSockets (the gateway) or refuse upgrades (ingest).
+    ``prepared_responses``: offer ``relay.response`` on HTTP requests (the gateway's polls).
+    """
+    plain_ws = "websockets-sansio" if websockets else "none"
+    gone = missing()
+    if gone:
+        log.warning("uvicorn_internals_changed", missing=gone, fallback="plain ASGI")
+        return ServerProtocols(http="httptools", ws=plain_ws, extended=False)
+    # Imported only once the internals are known present: an import error is not an option.
+    from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
+    from relaycore.uvicorn_ext.responses import RelayHttpProtocol
+    from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
+
+    http: type = RelayHttpProtocol if prepared_responses else CoalescingHttpToolsProtocol
+    ws: type | str = RelayWebSocketProtocol if websockets else "none"
+    return ServerProtocols(http=http, ws=ws, extended=True)

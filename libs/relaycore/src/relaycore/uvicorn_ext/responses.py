@@ -1,0 +1,122 @@
+"""Prepared long-poll answers on uvicorn's httptools protocol (the ``relay.response`` extension).
+
+:class:`RelayHttpProtocol` is the one-write protocol (:mod:`relaycore.uvicorn_ext.coalescing`:
+long-poll is nothing but small responses, and uvicorn's two writes per response were 40 % of
+the gateway's CPU under the long-poll benchmark) plus the ASGI scope extension
+``relay.response`` (:class:`relaycore.prepared.ResponseWriter`) on each HTTP request: the app
+builds a :class:`~relaycore.prepared.PreparedResponse` once and writes the same bytes to every
+waiting request's socket, completing its request cycle as uvicorn's own ``send`` would (access
+log line, keep-alive, the next pipelined request, the keep-alive timer), without an ASGI message
+or a task wake-up first. The writer declines (returns ``False``) whenever the ordinary path has
+something to add: the connection is to close (HTTP/1.0, ``Connection: close``, shutdown), the
+response already started, the peer is gone or not reading, or the request is a ``HEAD``.
+Under another ASGI server there is no extension and the app answers the ordinary way.
+
+Completing a cycle here repeats the tail of uvicorn's ``RequestResponseCycle.send``; every
+field and the access-log format it relies on are checked in
+:mod:`relaycore.uvicorn_ext.internals`, so an upgrade that changes them fails the tests loudly
+and makes the services fall back to uvicorn's own protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.server import ServerState
+
+from relaycore.prepared import EXTENSION, PreparedResponse
+from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
+
+__all__ = ["ACCESS_LOG_FORMAT", "CycleResponseWriter", "RelayHttpProtocol"]
+
+# uvicorn's access-log line (RequestResponseCycle.send), repeated for prepared answers.
+ACCESS_LOG_FORMAT = '%s - "%s %s HTTP/%s" %d'
+
+
+class CycleResponseWriter:
+    """``scope["extensions"]["relay.response"]`` for one uvicorn request cycle."""
+
+    __slots__ = ("_cycle", "_server_state")
+
+    def __init__(self, cycle: RequestResponseCycle, server_state: ServerState) -> None:
+        self._cycle = cycle
+        self._server_state = server_state
+
+    @property
+    def buffered_bytes(self) -> int:
+        transport = self._cycle.transport
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+
+    def cut(self, last: bytes, *, timeout: float) -> None:
+        cycle = self._cycle
+        transport = cycle.transport
+        # From here on uvicorn's send returns at once instead of waiting for the peer to drain.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if transport.is_closing():
+            return
+        if last:
+            if isinstance(transport, CoalescingTransport):
+                transport.write_now(last)
+            else:
+                transport.write(last)
+        transport.close()
+        real = transport.transport if isinstance(transport, CoalescingTransport) else transport
+        asyncio.get_running_loop().call_later(timeout, real.abort)
+
+    def write_prepared(self, response: PreparedResponse) -> bool:
+        """Answer the request with ``response`` now; ``False`` (nothing written) when it cannot.
+
+        On success the request cycle is complete, exactly as after uvicorn's last
+        ``http.response.body``: the app must send nothing more and simply return.
+        """
+        cycle = self._cycle
+        transport = cycle.transport
+        if (
+            cycle.response_started
+            or cycle.disconnected
+            or not cycle.keep_alive
+            or cycle.flow.write_paused
+            or cycle.scope["method"] == "HEAD"
+            or transport.is_closing()
+        ):
+            return False
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        if cycle.access_log:
+            scope = cycle.scope
+            cycle.access_logger.info(
+                ACCESS_LOG_FORMAT,
+                get_client_addr(scope),
+                scope["method"],
+                get_path_with_query_string(scope),
+                scope["http_version"],
+                200,
+            )
+        data = response.encode(self._server_state.default_headers)
+        if isinstance(transport, CoalescingTransport):
+            transport.write_now(data)
+        else:
+            transport.write(data)
+        cycle.response_complete = True
+        cycle.message_event.set()
+        cycle.on_response()
+        return True
+
+
+class RelayHttpProtocol(CoalescingHttpToolsProtocol):
+    """The shared one-write protocol plus the prepared-response extension for long-polls.
+
+    Pass it as uvicorn's ``http=`` (a protocol class is accepted there).
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        # A new cycle was made (not an upgrade) and its ASGI task has not run yet: the scope
+        # can still gain the extension.
+        if cycle is not None and cycle.scope is self.scope:
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[EXTENSION] = CycleResponseWriter(cycle, self.server_state)  # type: ignore[assignment]  # typed as dict[object, object]
