@@ -19,9 +19,9 @@ import gc
 import tracemalloc
 
 import uvloop
-
 from loadtests.bench.pool import WorkerPool, split
 from loadtests.bench.procstat import rss_kib
+
 from relay_gateway.testing import gateway_settings, run_gateway
 from relaycore.runtime import tune_gc
 from relaycore.testing import ValkeyProcess

@@ -135,4 +135,3 @@ async def test_fan_out_reaches_every_subscriber(
         finally:
             for client in clients:
                 await client.__aexit__(None, None, None)
-

@@ -24,7 +24,6 @@ from starlette.types import Receive, Scope, Send
 
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
-from relaycore.prepared import ResponseWriter, response_writer
 from relay_gateway.hub import Feed, Topic, Unavailable
 from relay_gateway.limits import principal_key, too_many_connections
 from relay_gateway.params import (
@@ -38,6 +37,7 @@ from relay_gateway.recovery import Resume, catch_up, decide
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.http import ApiError, origin_allowed
 from relaycore.ids import Cursor
+from relaycore.prepared import ResponseWriter, response_writer
 
 __all__ = ["sse_endpoint"]
 
