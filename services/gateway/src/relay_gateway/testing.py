@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import websockets
 from glide import Batch, RequestError, TrimByMaxLen
 
 from relay_gateway.app import create_app
+from relay_gateway.shutdown import Drain
 from relaycore.keys import stream_key
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
@@ -39,7 +40,11 @@ def gateway_settings(valkey_url: str, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    settings: Settings, valkey: ValkeyClient | None = None, *, relay_protocols: bool = True
+    settings: Settings,
+    valkey: ValkeyClient | None = None,
+    *,
+    relay_protocols: bool = True,
+    drain: Drain | None = None,
 ) -> AsyncIterator[UvicornServer]:
     """A gateway as ``relay-gateway`` serves it (uvicorn with the relay's protocol classes:
     raw WebSocket frames, coalesced HTTP writes); ``relay_protocols=False``: uvicorn's own
@@ -47,7 +52,7 @@ async def run_gateway(
     as the gateway serves it when the installed uvicorn lacks an internal the extension uses)."""
     protocols = server_protocols(websockets=True, prepared_responses=True)
     server = UvicornServer(
-        create_app(settings, valkey=valkey),
+        create_app(settings, valkey=valkey, drain=drain),
         http=protocols.http if relay_protocols else "httptools",
         ws=protocols.ws if relay_protocols else "websockets-sansio",
         ws_max_size=settings.max_ws_frame_bytes,
@@ -263,8 +268,9 @@ class StalledClient:
 
 class GatewayThread:
     """A real gateway served by an event loop in a thread of its own, for synchronous tests
-    (Hypothesis drives its examples synchronously). ``restart()`` stops it (a graceful
-    shutdown: WebSockets get 1012) and starts a fresh one on a new port."""
+    (Hypothesis drives its examples synchronously). ``restart()`` stops it the way SIGTERM
+    does (the drain first: SSE streams and polls end, WebSockets get 1012) and starts a fresh
+    one on a new port."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -284,10 +290,14 @@ class GatewayThread:
 
         async def serve() -> None:
             self._stop = asyncio.Event()
+            drain = Drain(self.settings)
             try:
-                async with run_gateway(self.settings) as server:
+                async with run_gateway(self.settings, drain=drain) as server:
                     ready.set_result(server)
                     await self._stop.wait()
+                    # As GatewayServer on SIGTERM: drain before uvicorn's own shutdown, which
+                    # would otherwise wait for every open SSE stream to end by itself.
+                    await drain.run()
             except BaseException as error:
                 if not ready.done():
                     ready.set_exception(error)
@@ -330,8 +340,3 @@ class GatewayThread:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def on_loop(thread: GatewayThread, function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    """Shorthand: run ``function()`` on the gateway thread's loop."""
-    return thread.call(function())
