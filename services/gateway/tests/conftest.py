@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("served_by", ["uvicorn_ext", "plain_asgi"])
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _deselect_plain_asgi_on_cluster(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The cluster runs of the transport tests use the relay's own protocols only: the
     protocol layer does not depend on the Valkey backend, so plain ASGI x cluster adds time,
     not coverage."""
@@ -66,3 +67,17 @@ def gateway(
         )
 
     return start
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    # Hypothesis scans every loaded module for constants while collecting, which touches
+    # GLIDE's deprecated compatibility modules (glide.async_commands.*): they warn on any
+    # attribute access, and warnings are errors here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Importing from 'glide", DeprecationWarning)
+        result = yield
+    _deselect_plain_asgi_on_cluster(config, items)
+    return result

@@ -88,3 +88,29 @@ async def test_poll_and_sse_need_credentials_and_permission(gateway: Gateway, to
         query = {**params, "token": token([topic])}
         assert (await http.get("/api/v1/poll", params=query)).status_code == 200
         assert (await http.get("/api/v1/sse", params={"topic": topic})).status_code == 401
+
+
+def subject_token(subject: str) -> str:
+    claims = {"sub": subject, "exp": int(time.time() + 60), "topics": {"subscribe": ["*"]}}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+async def test_connection_cap_counts_per_token_subject(gateway: Gateway, topic: str) -> None:
+    """With JWT the principal is ``sub``: one subject's cap does not touch another's, even
+    from the same address."""
+    async with gateway(auth="jwt", jwt_secret=SECRET, max_connections_per_principal=1) as server:
+        alice = {"Authorization": f"Bearer {subject_token('alice')}"}
+        bob = {"Authorization": f"Bearer {subject_token('bob')}"}
+        async with ws_client(server, additional_headers=alice) as first:
+            await first.send(op="ping", req=1)
+            await first.expect("pong")
+            with pytest.raises(websockets.InvalidStatus) as rejected:
+                async with ws_client(server, additional_headers=alice):
+                    pass
+            assert rejected.value.response.status_code == 429
+            async with ws_client(server, additional_headers=bob) as other:
+                await other.send(op="ping", req=2)
+                await other.expect("pong")
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                answer = await http.get("/api/v1/sse", params={"topic": topic}, headers=alice)
+                assert answer.status_code == 429

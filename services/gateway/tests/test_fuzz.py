@@ -13,6 +13,7 @@ import httpx
 import msgspec
 
 from relay_gateway.testing import ws_client
+from relaycore.settings import RateLimit
 from relaycore.testing import UvicornServer
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
@@ -64,7 +65,10 @@ async def test_random_query_strings_get_200_or_422(gateway: Gateway) -> None:
 
 async def test_random_frames_get_events_and_the_connection_stays(gateway: Gateway) -> None:
     rng = random.Random(2)
-    async with gateway(ws_max_protocol_errors=10_000) as server, ws_client(server) as ws:
+    async with (
+        gateway(ws_max_protocol_errors=10_000, ws_op_rate=RateLimit(0, 1.0)) as server,
+        ws_client(server) as ws,
+    ):
         for _ in range(150):
             await ws.connection.send(msgspec.json.encode(odd_frame(rng)).decode())
             await ws.send(op="ping", req=-1)

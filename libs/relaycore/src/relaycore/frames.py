@@ -53,6 +53,24 @@ class FrameWriter(Protocol):
         """Until the transport drained (or the connection is gone)."""
         ...
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written but still in the transport's buffer (not yet taken by the kernel)."""
+        ...
+
+    def set_close_timeout(self, seconds: float) -> None:
+        """How long any close may take before the transport is aborted."""
+        ...
+
+    def close_now(self, code: int, reason: str = "", *, frame: bool = True) -> None:
+        """Close without waiting for the transport: the close frame (if ``frame``), then abort
+        the transport unless the closing handshake ends within the close timeout."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding what its buffer holds."""
+        ...
+
 
 def frame_writer(scope: Any) -> FrameWriter | None:
     """The raw frame path of this connection, if the server offers one."""

@@ -6,6 +6,10 @@ headers, body — once and hands the same bytes to every waiting request whose s
 ``relay.response`` ASGI scope extension (a :class:`ResponseWriter`;
 relaycore.uvicorn_ext.responses implements it on uvicorn). Under any other server
 :func:`response_writer` returns ``None`` and the app answers the ordinary way.
+
+The same extension bounds streamed responses (SSE): the bytes waiting in the transport's write
+buffer count toward the stream's ``RELAY_MAX_QUEUE_BYTES``, and a slow stream is cut at the
+socket instead of waiting, through uvicorn's ``send``, for a peer that does not read.
 """
 
 from __future__ import annotations
@@ -58,6 +62,18 @@ class ResponseWriter(Protocol):
         On success the request is complete, exactly as after the last ``http.response.body``:
         the app must send nothing more and simply return.
         """
+        ...
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes written to this connection that its transport has not handed to the kernel
+        (a streamed response counts them toward its bound)."""
+        ...
+
+    def cut(self, last: bytes, *, timeout: float) -> None:
+        """End the connection now: ``last`` (when not empty) goes out before the close; the
+        socket is aborted if the peer has not taken everything within ``timeout`` seconds.
+        The request then counts as disconnected: further sends return at once."""
         ...
 
 

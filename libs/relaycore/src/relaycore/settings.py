@@ -122,6 +122,8 @@ class Settings:
     valkey_timeout: float = _env("VALKEY_TIMEOUT", parse_duration, 2.0)
     # CA bundle (PEM) trusted for valkeys:// instead of the system store
     valkey_tls_ca_file: str = _env("VALKEY_TLS_CA_FILE", str, "")
+    # Gateway: a PING this often; unanswered within it, Valkey counts as down (fail fast).
+    valkey_probe_interval: float = _env("VALKEY_PROBE_INTERVAL", parse_duration, 0.5)
     # Listeners and processes
     ingest_host: str = _env("INGEST_HOST", str, "0.0.0.0")
     ingest_port: int = _env("INGEST_PORT", parse_port, 8080)
@@ -149,6 +151,14 @@ class Settings:
     max_ws_frame_bytes: int = _env("MAX_WS_FRAME_BYTES", parse_size, 64 * KiB)
     max_subscriptions: int = _env("MAX_SUBSCRIPTIONS", _positive_int, 100)
     max_queue_bytes: int = _env("MAX_QUEUE_BYTES", parse_size, 1 * MiB)
+    # A connection the server closes (slow consumer, violation, expiry, drain, dead peer) is
+    # aborted at the socket if its close has not completed within this time.
+    close_timeout: float = _env("CLOSE_TIMEOUT", parse_duration, 2.0)
+    # WebSocket ops (frames) per connection: N/s, N/m or N/h; 0 = off. Over it: error, then 4400.
+    ws_op_rate: RateLimit = _env("WS_OP_RATE", RateLimit.parse, RateLimit(100, 1.0))
+    # Open WebSocket + SSE connections per principal (JWT sub, or client IP with auth none);
+    # 0 = off.
+    max_connections_per_principal: int = _env("MAX_CONNECTIONS_PER_PRINCIPAL", _non_negative_int, 0)
     # Retention, applied on every write
     retention_maxlen: int = _env("RETENTION_MAXLEN", _positive_int, 100_000)
     retention_max_age: float = _env("RETENTION_MAX_AGE", parse_duration, 24 * 3600.0)
@@ -165,6 +175,7 @@ class Settings:
     hot_max_bytes: int = _env("HOT_MAX_BYTES", parse_size, 256 * MiB)
     # Gateway delivery
     ws_ping_interval: float = _env("WS_PING_INTERVAL", parse_duration, 20.0)
+    ws_ping_timeout: float = _env("WS_PING_TIMEOUT", parse_duration, 20.0)
     sse_heartbeat: float = _env("SSE_HEARTBEAT", parse_duration, 15.0)
     reader_pool_size: int = _env("READER_POOL_SIZE", _positive_int, 4)
     reader_block: float = _env("READER_BLOCK", parse_duration, 0.1)

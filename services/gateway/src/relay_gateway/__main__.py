@@ -6,7 +6,7 @@ implementation: no task per connection and no per-connection keepalive task (pin
 which holds many idle connections with the least memory. permessage-deflate stays off (its
 per-connection zlib buffers cost ~100s of KiB each), inbound frames are capped at
 ``RELAY_MAX_WS_FRAME_BYTES`` (larger: close 1009), and uvicorn pings every
-``RELAY_WS_PING_INTERVAL`` and drops peers that do not answer within another interval. One
+``RELAY_WS_PING_INTERVAL`` and drops peers that do not answer within ``RELAY_WS_PING_TIMEOUT``. One
 process or ``RELAY_WORKERS`` worker processes, each draining on SIGTERM like a single one:
 see :mod:`relay_gateway.serving`.
 """

@@ -25,7 +25,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay_gateway.health import StorageHealth
 from relay_gateway.hub import Hub
+from relay_gateway.limits import ConnectionCap
 from relay_gateway.longpoll import (
     DEFAULT_LIMIT,
     DEFAULT_TIMEOUT,
@@ -103,6 +105,12 @@ _ERRORS = {
 }  # fmt: skip
 
 
+_TOO_MANY = {
+    "description": "Over RELAY_MAX_CONNECTIONS_PER_PRINCIPAL open WebSocket/SSE connections",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
 def _openapi() -> dict[str, Any]:
     paths = {
         "/api/v1/poll": {"get": {
@@ -123,12 +131,13 @@ def _openapi() -> dict[str, Any]:
             "parameters": [_TOPIC, _SINCE],
             "responses": {"200": {"description": "event: message (data: Envelope), event: gap "
                                   "(data: GapEvent)", "content": {"text/event-stream": {}}},
-                          **_ERRORS},
+                          **_ERRORS, "429": _TOO_MANY},
         }},
         "/api/v1/ws": {"get": {
             "summary": "WebSocket: send ClientFrame ops; receive newline-separated events",
             "responses": {"101": {"description": "Switching protocols"},
-                          "403": {"description": "Origin not allowed"}},
+                          "403": {"description": "Origin not allowed"},
+                          "429": _TOO_MANY},
         }},
         "/health": {"get": {"summary": "Process alive",
                             "responses": {"200": {"description": "ok"}}}},
@@ -265,9 +274,16 @@ def create_app(
                     )
                 )  # fmt: skip
             metrics = GatewayMetrics()
-            readers = ReaderPool(reader_clients, settings, metrics)
+            # Fail fast while a single Valkey is down (relay_gateway.health); on a cluster a dead
+            # primary stops only its own slots, so there is no process-wide verdict.
+            health = (
+                None
+                if cluster
+                else StorageHealth(client, probe_interval=settings.valkey_probe_interval)
+            )
+            readers = ReaderPool(reader_clients, settings, metrics, health)
             tracer = tracing.tracer if tracing.enabled else None
-            source = ValkeySource(client, readers, metrics)
+            source = ValkeySource(client, readers, metrics, health)
             hub = Hub(settings, source, metrics, tracer)
             app.state.gateway = GatewayState(
                 settings=settings,
@@ -277,6 +293,7 @@ def create_app(
                 metrics=metrics,
                 auth=Authenticator.from_settings(settings),
                 drain=drainer,
+                connection_cap=ConnectionCap(settings.max_connections_per_principal),
             )
             async with asyncio.TaskGroup() as group:
                 tasks = source.start(hub.dispatch, group)

@@ -26,6 +26,7 @@ import structlog
 from glide import GlideClusterClient, GlideError
 
 from relay_gateway.cluster_reader import ClusterReader
+from relay_gateway.health import StorageHealth
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.source import Dispatch, Followed
 from relay_gateway.streamreads import read_once
@@ -52,9 +53,12 @@ class Reader:
         client: ValkeyClient,
         settings: Settings,
         metrics: GatewayMetrics,
+        health: StorageHealth | None = None,
     ) -> None:
         self.index = index
         self.client = client
+        # The fail-fast verdict (standalone only): a failing read marks Valkey down.
+        self.health = health
         self.block_ms = max(1, int(settings.reader_block * 1000))
         self.count = settings.reader_count
         self.slice_bytes = max(1, settings.max_queue_bytes // 8)
@@ -87,6 +91,8 @@ class Reader:
                         count=self.count, slice_bytes=self.slice_bytes, block_ms=self.block_ms,
                     )  # fmt: skip
                 except GlideError as error:
+                    if self.health is not None:
+                        self.health.failed(error)
                     self.metrics.xread_errors.inc()
                     if self.healthy:
                         log.warning("reader_error", reader=self.index, error=str(error))
@@ -96,6 +102,8 @@ class Reader:
                     continue
                 if not self.healthy:
                     log.info("reader_recovered", reader=self.index)
+                    if self.health is not None:
+                        self.health.mark_up()
                     try:
                         await self._rewind_reset_streams()
                     except GlideError:
@@ -129,7 +137,11 @@ class ReaderPool:
     """
 
     def __init__(
-        self, clients: Sequence[ValkeyClient], settings: Settings, metrics: GatewayMetrics
+        self,
+        clients: Sequence[ValkeyClient],
+        settings: Settings,
+        metrics: GatewayMetrics,
+        health: StorageHealth | None = None,
     ) -> None:
         self.cluster = settings.valkey_cluster
         self.readers: list[Reader | ClusterReader] = []
@@ -138,7 +150,7 @@ class ReaderPool:
                 assert isinstance(client, GlideClusterClient)
                 self.readers.append(ClusterReader(index, client, settings, metrics))
             else:
-                self.readers.append(Reader(index, client, settings, metrics))
+                self.readers.append(Reader(index, client, settings, metrics, health))
 
     def reader_for(self, topic: Followed) -> Reader | ClusterReader:
         if self.cluster:

@@ -16,7 +16,8 @@ stored atomically by the publish function. For a cursor ``c``:
   instant, not a position.
 
 A cursor inside the topic's hot window is answered from memory (a hot-tier hit); anything
-older is read from Valkey with XRANGE.
+older is read from the stream source (Valkey with XRANGE) — at once ``Unavailable`` while
+Valkey is known to be down (:mod:`relay_gateway.health`, in the Valkey source).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "ws_per_message_deflate": False,
         "ws_max_size": settings.max_ws_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval,
-        "ws_ping_timeout": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_timeout,
         "log_config": uvicorn_log_config(),
         "log_level": settings.log_level,
         # Access lines are logged at INFO: above that uvicorn would still format each one's

@@ -5,6 +5,12 @@ browser's ``EventSource`` reconnects with ``Last-Event-ID`` (which overrides ``s
 resumes exactly. A gap — at the cursor or later, live — is an ``event: gap`` block whose data is
 ``{"topic", "reason", "from"}``. A comment line goes out whenever the stream has been quiet for
 ``RELAY_SSE_HEARTBEAT`` (15 s), so proxies keep it open and dead peers are noticed.
+
+The resume decision is made before the response starts, so a resume that needs Valkey while it
+is unreachable is a 503 with ``Retry-After``, not a stream that ends at once. A stream whose
+queue plus transport write buffer passes ``RELAY_MAX_QUEUE_BYTES`` is a slow consumer: a last
+comment line (``: slow consumer``) goes out if it fits, then the connection is closed and, if
+the peer still has not taken its bytes after ``RELAY_CLOSE_TIMEOUT``, aborted.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Feed, Topic
+from relay_gateway.limits import principal_key, too_many_connections
 from relay_gateway.params import (
     check_access,
     cursor_param,
@@ -26,23 +33,27 @@ from relay_gateway.params import (
     topic_param,
     unavailable,
 )
-from relay_gateway.recovery import catch_up, decide
+from relay_gateway.recovery import Resume, catch_up, decide
 from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.http import ApiError, origin_allowed
 from relaycore.ids import Cursor
+from relaycore.prepared import ResponseWriter, response_writer
 
 __all__ = ["sse_endpoint"]
 
 HISTORY_PAGE = 500
 KEEPALIVE = b": keepalive\n\n"
+SLOW = b": slow consumer: reconnect with Last-Event-ID\n\n"
 _encode = msgspec.json.Encoder().encode
 
 
 class EventStream(Response):
     """The SSE response: one feed, one outbound queue, a writer with heartbeats."""
 
-    def __init__(self, state: GatewayState, topic: Topic, cursor: Cursor | None) -> None:
+    def __init__(
+        self, state: GatewayState, topic: Topic, cursor: Cursor | None, principal_key: str = ""
+    ) -> None:
         super().__init__(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -55,12 +66,42 @@ class EventStream(Response):
         self.metrics = state.metrics.transport("sse")
         self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
         self.ended = asyncio.Event()
+        self.slow = False
+        # The slot taken in state.connection_cap, given back when the stream ends.
+        self.principal_key = principal_key
+        self.feed: Feed | None = None
+        self.resume: Resume | None = None
+        # The relay.response extension (relaycore.prepared; None under other servers).
+        self.writer: ResponseWriter | None = None
+
+    async def prepare(self) -> None:
+        """Register the feed and decide the resume; raises :class:`Unavailable` (detached)."""
+        hub = self.state.hub
+        self.feed = feed = hub.attach(self.topic, self)
+        if self.cursor is None:
+            return
+        try:
+            self.resume = await decide(hub, self.topic, self.cursor, HISTORY_PAGE)
+        except BaseException:
+            hub.detach(feed)
+            self.feed = None
+            raise
+
+    def _fits(self, size: int) -> bool:
+        writer = self.writer
+        held = self.queue.bytes + (writer.buffered_bytes if writer is not None else 0)
+        return held == 0 or held + size <= self.state.settings.max_queue_bytes
+
+    def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
+        if self.slow:
+            return  # being cut: nothing more is held
+        if not self._fits(len(item)) or not self.queue.push(item, count, oldest_ms):
+            self.overflow()
 
     # -- Sink ------------------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
-        if not self.queue.push(message.sse_bytes, 1, message.id.ms):
-            self.overflow()
+        self._push(message.sse_bytes, 1, message.id.ms)
 
     def deliver_batch(self, batch: Batch) -> None:
         for message in batch.messages:
@@ -68,11 +109,12 @@ class EventStream(Response):
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         data = _encode({"topic": topic, "reason": reason, "from": str(first.id)})
-        if not self.queue.push(b"event: gap\ndata: " + data + b"\n\n"):
-            self.overflow()
+        self._push(b"event: gap\ndata: " + data + b"\n\n")
 
     def overflow(self) -> None:
+        self.queue.take_now()  # dropped: its memory is freed at once
         if not self.ended.is_set():
+            self.slow = True
             self.metrics.slow_consumers.inc()
             self.ended.set()
 
@@ -82,10 +124,27 @@ class EventStream(Response):
     # --------------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": b": connected\n\n", "more_body": True})
+        try:
+            await self._stream(scope, receive, send)
+        finally:
+            self.state.connection_cap.release(self.principal_key)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.state.hub
-        feed = hub.attach(self.topic, self)
+        feed = self.feed
+        if feed is None:
+            await self.prepare()
+            feed = self.feed
+            assert feed is not None
+        self.writer = response_writer(scope)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send(
+                {"type": "http.response.body", "body": b": connected\n\n", "more_body": True}
+            )
+        except BaseException:
+            hub.detach(feed)
+            raise
         self.state.drain.streams.add(self)
         self.metrics.connections.inc()
         try:
@@ -103,10 +162,21 @@ class EventStream(Response):
             self.state.drain.streams.discard(self)
             hub.detach(feed)
             self.queue.close()
+        timeout = self.state.settings.close_timeout
+        writer = self.writer
+        if self.slow and writer is not None:
+            # Cut at the socket: the last comment only if it fits the bound.
+            writer.cut(SLOW if self._fits(len(SLOW)) else b"", timeout=timeout)
+            return
         try:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            async with asyncio.timeout(timeout):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return  # the client is gone
+        except TimeoutError:
+            # The peer is not reading: drop the socket (other servers: close it).
+            if writer is not None:
+                writer.cut(b"", timeout=0.0)
 
     async def _until_disconnect(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -115,11 +185,11 @@ class EventStream(Response):
 
     async def _start(self, feed: Feed) -> None:
         hub = self.state.hub
-        if self.cursor is None:
+        resume = self.resume
+        if resume is None:
             feed.go_live()
             return
         try:
-            resume = await decide(hub, self.topic, self.cursor, HISTORY_PAGE)
             pending_gap = None
             if not resume.recovered:
                 assert resume.reason is not None
@@ -176,9 +246,22 @@ async def sse_endpoint(request: Request) -> Response:
         cursor = cursor_param("Last-Event-ID", last_event_id)
     else:
         cursor = cursor_param("since", request.query_params.get("since"))
-    check_access(state, request, name)
+    principal = check_access(state, request, name)
+    cap = state.connection_cap
+    key = principal_key(request, principal, auth=state.auth.enabled)
+    if not cap.acquire(key):
+        raise too_many_connections(cap.limit)
     try:
-        topic = await state.hub.acquire(name)
-    except Unavailable:
-        raise unavailable() from None
-    return EventStream(state, topic, cursor)
+        try:
+            topic = await state.hub.acquire(name)
+        except Unavailable:
+            raise unavailable() from None
+        stream = EventStream(state, topic, cursor, key)
+        try:
+            await stream.prepare()
+        except Unavailable:
+            raise unavailable() from None
+    except BaseException:
+        cap.release(key)
+        raise
+    return stream

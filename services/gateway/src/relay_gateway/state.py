@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
 from relay_gateway.hub import Hub
+from relay_gateway.limits import ConnectionCap
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.readers import ReaderPool
 from relay_gateway.shutdown import Drain
@@ -26,6 +27,8 @@ class GatewayState:
     metrics: GatewayMetrics
     auth: Authenticator
     drain: Drain
+    # Open WebSocket + SSE connections per principal (RELAY_MAX_CONNECTIONS_PER_PRINCIPAL).
+    connection_cap: ConnectionCap = field(default_factory=lambda: ConnectionCap(0))
 
 
 def gateway_state(connection: HTTPConnection) -> GatewayState:

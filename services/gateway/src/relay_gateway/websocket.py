@@ -9,8 +9,15 @@ A connection's own task reads and handles the client's frames; output goes strai
 transport through the raw frame path (:mod:`relaycore.frames`) or, without it, through a
 writer task draining the connection's :class:`~relay_gateway.client_queue.OutboundQueue`; with
 auth a third task watches the token's expiry. Whatever asks to close interrupts the reader,
-which then sends what is left and the close frame. Close codes: 1009 frame too big, 1012
-shutdown, 4008 slow consumer, 4400 repeated protocol errors, 4401 token missing/invalid/expired.
+which then sends what is left and the close frame. Close codes: 1007 invalid UTF-8 (the
+server's frame parser), 1009 frame too big, 1012 shutdown, 4008 slow consumer, 4400 repeated
+protocol errors or op-rate abuse, 4401 token missing/invalid/expired.
+
+A connection's memory is bounded at ``RELAY_MAX_QUEUE_BYTES``: its queue *plus* what sits in
+the transport's write buffer (shared frames written straight to the transport included). On
+the raw frame path a close never waits for the peer: a slow consumer gets its ``error`` event
+and close frame only when they fit in that bound, and the transport is aborted when the close
+has not completed within ``RELAY_CLOSE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -27,12 +34,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from relay_gateway.client_queue import OutboundQueue
 from relay_gateway.hot import Batch, Message
 from relay_gateway.hub import Feed
+from relay_gateway.limits import OpBudget, principal_key, too_many_connections
 from relay_gateway.recovery import catch_up, decide
 from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, authenticate, gateway_state
 from relaycore.auth import AuthError, Principal
 from relaycore.frames import FrameWriter, frame_writer, text_frame
-from relaycore.http import origin_allowed
+from relaycore.http import error_response, origin_allowed
 from relaycore.ids import ZERO, Cursor, parse_cursor
 from relaycore.keys import is_valid_topic
 
@@ -49,11 +57,18 @@ HISTORY_PAGE = 500
 PACKED_FRAME_BYTES = 256 * 1024
 
 
+# The integers every JSON client can represent exactly (JavaScript's safe range).
+MAX_REQ = 2**53 - 1
+ReqId = Annotated[int, msgspec.Meta(ge=-MAX_REQ, le=MAX_REQ)]
+
+
 class ClientFrame(msgspec.Struct):
+    """One client op: a JSON object in a text frame; unknown fields are ignored."""
+
     op: str
     topic: str | None = None
-    since: str | int | None = None
-    req: int | str | None = None
+    since: str | Annotated[int, msgspec.Meta(ge=0)] | None = None
+    req: ReqId | None = None
     token: str | None = None
 
 
@@ -99,17 +114,19 @@ def _pack(items: list[tuple[bytes, int, int]]) -> list[bytes]:
     return frames
 
 
-def _salvage_req(text: str) -> int | str | None:
-    """The ``req`` of a frame that failed validation, so its error can still be matched."""
+class _ReqOnly(msgspec.Struct):
+    req: ReqId | None = None
+
+
+_decode_req = msgspec.json.Decoder(_ReqOnly).decode
+
+
+def _salvage_req(text: str) -> int | None:
+    """The ``req`` of a frame that failed validation, when it is valid, to match the error."""
     try:
-        value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+        return _decode_req(text).req
+    except (msgspec.DecodeError, RecursionError):
         return None
-    if isinstance(value, dict):
-        req = value.get("req")
-        if isinstance(req, int | str) and not isinstance(req, bool):
-            return req
-    return None
 
 
 class Connection:
@@ -126,6 +143,7 @@ class Connection:
 
     __slots__ = (
         "auth_changed",
+        "budget",
         "close_code",
         "close_reason",
         "closed",
@@ -159,37 +177,70 @@ class Connection:
         # The task running this connection: interrupted when something else asks to close.
         self.task: asyncio.Task[Any] | None = None
         self.auth_changed: asyncio.Event | None = asyncio.Event() if state.auth.enabled else None
+        rate = state.settings.ws_op_rate
+        self.budget = OpBudget(rate.count, rate.per_seconds) if rate.enabled else None
+        if self.frames is not None:
+            self.frames.set_close_timeout(state.settings.close_timeout)
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes stay within the bound: queue plus transport buffer.
+
+        One item always fits an empty connection, so a single big message is no overflow.
+        """
+        frames = self.frames
+        held = self.queue.bytes + (frames.buffered_bytes if frames is not None else 0)
+        return held == 0 or held + size <= self.settings.max_queue_bytes
+
+    def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
+        if self.closed:
+            return  # closing: nothing more is sent, nothing more is held
+        if not self._fits(len(item)) or not self.queue.push(item, count, oldest_ms):
+            self.overflow()
 
     # -- Sink: called synchronously by the hub while fanning out ---------------------------
 
     def deliver(self, message: Message) -> None:
+        if self.closed:
+            # Closing (a slow consumer's queue was dropped): a later message written now would
+            # reach the client after a hole it is never told about.
+            return
         frames = self.frames
         if frames is not None and not self.queue.items and frames.frames_writable:
-            frames.write_frames(message.ws_frame)
+            frame = message.ws_frame
+            if not self._fits(len(frame)):
+                self.overflow()
+                return
+            frames.write_frames(frame)
             self.metrics.written(1, message.id.ms)
-        elif not self.queue.push(message.ws_bytes, 1, message.id.ms):
-            self.overflow()
+        else:
+            self._push(message.ws_bytes, 1, message.id.ms)
 
     def deliver_batch(self, batch: Batch) -> None:
+        if self.closed:
+            return
         frames = self.frames
         if frames is not None and not self.queue.items and frames.frames_writable:
             # The hot path: the same frame bytes for every subscriber; the hub accounts them.
             frame = batch.ws_frame
             if len(frame) <= PACKED_FRAME_BYTES:
+                if not self._fits(len(frame)):
+                    self.overflow()
+                    return
                 frames.write_frames(frame)
                 self.metrics.pending += batch.count
                 return
         if len(batch.ws_bytes) > PACKED_FRAME_BYTES:
             for message in batch.messages:
                 self.deliver(message)
-        elif not self.queue.push(batch.ws_bytes, batch.count, batch.oldest_ms):
-            self.overflow()
+        else:
+            self._push(batch.ws_bytes, batch.count, batch.oldest_ms)
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         self.send(_event("gap", topic=topic, reason=reason, **{"from": str(first.id)}))
 
     def overflow(self) -> None:
-        if self.close_code is None:
+        self.queue.take_now()  # what it held is dropped: the memory is freed at once
+        if self.close_code is None and not self.closed:
             self.metrics.slow_consumers.inc()
             log.info("slow_consumer", queued_limit=self.settings.max_queue_bytes)
             self.request_close(
@@ -206,11 +257,17 @@ class Connection:
     # --------------------------------------------------------------------------------------
 
     def send(self, event: bytes) -> None:
+        if self.closed:
+            return
         frames = self.frames
         if frames is not None and not self.queue.items and frames.frames_writable:
-            frames.write_frames(text_frame(event))
-        elif not self.queue.push(event):
-            self.overflow()
+            frame = text_frame(event)
+            if not self._fits(len(frame)):
+                self.overflow()
+                return
+            frames.write_frames(frame)
+        else:
+            self._push(event)
 
     def request_close(self, code: int | None, reason: str = "", event: bytes | None = None) -> None:
         """End the connection: ``code`` None when the peer is already gone."""
@@ -284,6 +341,12 @@ class Connection:
         code = self.close_code
         if code is None:
             return
+        frames = self.frames
+        if frames is not None:
+            await self._close_raw(frames, code)
+            return
+        # Without the raw frame path there is no way to abort the transport: the close waits
+        # for the peer at most a ping interval, then the server closes the connection.
         try:
             async with asyncio.timeout(self.settings.ws_ping_interval):
                 pending = self._take_now()
@@ -295,6 +358,31 @@ class Connection:
         except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
             # The peer is gone or not reading: nothing more can reach it.
             return
+
+    async def _close_raw(self, frames: FrameWriter, code: int) -> None:
+        """Close on the raw frame path, never holding the socket past the close timeout."""
+        final = b"" if self.final_event is None else text_frame(self.final_event)
+        if code == CLOSE_SLOW:
+            # Nothing queued is sent: the error and the close frame go out only if they fit.
+            fits = frames.buffered_bytes + len(final) <= self.settings.max_queue_bytes
+            if fits and final:
+                frames.write_frames(final)
+            frames.close_now(code, self.close_reason, frame=fits)
+            return
+        pending = self.queue.take_now()
+        if pending or final:
+            try:
+                async with asyncio.timeout(self.settings.close_timeout):
+                    await frames.wait_frames_writable()
+            except TimeoutError:
+                pending, final = [], b""  # the peer is not reading: only the close frame
+            if frames.frames_writable:
+                if pending:
+                    for packed in _pack(pending):
+                        frames.write_frames(text_frame(packed))
+                if final:
+                    frames.write_frames(final)
+        frames.close_now(code, self.close_reason)
 
     async def _send_now(self, items: list[tuple[bytes, int, int]]) -> None:
         frames = self.frames
@@ -323,11 +411,21 @@ class Connection:
 
     async def _read(self) -> None:
         limit = self.settings.max_ws_frame_bytes
+        budget = self.budget
         while not self.closed:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.request_close(None)
                 return
+            if budget is not None and not budget.take():
+                rate = self.settings.ws_op_rate
+                self._protocol_error(
+                    _error(
+                        "rate_limited",
+                        f"more than {rate.count} ops per {rate.per_seconds:g} s; slow down",
+                    )
+                )
+                continue
             text = message.get("text")
             if text is None:
                 self._protocol_error(_error("bad_frame", "frames must be JSON text"))
@@ -360,6 +458,8 @@ class Connection:
                     return
 
     def _protocol_error(self, event: bytes) -> None:
+        if self.closed:
+            return
         self.protocol_errors += 1
         if self.protocol_errors > self.settings.ws_max_protocol_errors:
             self.request_close(
@@ -375,6 +475,12 @@ class Connection:
             frame = _decode_frame(text)
         except msgspec.DecodeError as error:
             self._protocol_error(_error("bad_request", str(error), _salvage_req(text)))
+            return
+        except RecursionError:
+            # msgspec's depth limit, hit when skipping a deeply nested unknown field.
+            self._protocol_error(
+                _error("bad_request", "JSON nested too deeply", _salvage_req(text))
+            )
             return
         if frame.op == "subscribe":
             await self._subscribe(frame)
@@ -507,13 +613,22 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_text(_error("unauthorized", str(error)).decode())
         await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
         return
-    await websocket.accept()
-    connection = Connection(websocket, state, principal)
-    state.drain.websockets.add(connection)
-    connection.metrics.connections.inc()
+    cap = state.connection_cap
+    key = principal_key(websocket, principal, auth=state.auth.enabled)
+    if not cap.acquire(key):
+        # Before the upgrade: an HTTP 429 with the standard error body.
+        await websocket.send_denial_response(error_response(too_many_connections(cap.limit)))
+        return
     try:
-        await connection.run()
+        await websocket.accept()
+        connection = Connection(websocket, state, principal)
+        state.drain.websockets.add(connection)
+        connection.metrics.connections.inc()
+        try:
+            await connection.run()
+        finally:
+            connection.detach_all()
+            state.drain.websockets.discard(connection)
+            connection.metrics.connections.dec()
     finally:
-        connection.detach_all()
-        state.drain.websockets.discard(connection)
-        connection.metrics.connections.dec()
+        cap.release(key)

@@ -92,6 +92,9 @@ REQUIRED: tuple[Requirement, ...] = (
             "connection_lost",
             "schedule_ping",
             "send_keepalive_ping",
+            # The bounded close (close_now, abort deadline).
+            "keepalive_timeout",
+            "handle_close",
         ),
         attributes=(
             "conn",
@@ -108,6 +111,9 @@ REQUIRED: tuple[Requirement, ...] = (
             "disconnected",
             "transport",
             "scope",
+            "close_timer",
+            "close_timeout",
+            "read_paused",
         ),
     ),
     # websocket.RelayWebSocketProtocol swaps the websockets parser that holds the handshake.

@@ -20,6 +20,8 @@ and makes the services fall back to uvicorn's own protocol.
 
 from __future__ import annotations
 
+import asyncio
+
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
@@ -41,6 +43,28 @@ class CycleResponseWriter:
     def __init__(self, cycle: RequestResponseCycle, server_state: ServerState) -> None:
         self._cycle = cycle
         self._server_state = server_state
+
+    @property
+    def buffered_bytes(self) -> int:
+        transport = self._cycle.transport
+        return 0 if transport.is_closing() else transport.get_write_buffer_size()
+
+    def cut(self, last: bytes, *, timeout: float) -> None:
+        cycle = self._cycle
+        transport = cycle.transport
+        # From here on uvicorn's send returns at once instead of waiting for the peer to drain.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if transport.is_closing():
+            return
+        if last:
+            if isinstance(transport, CoalescingTransport):
+                transport.write_now(last)
+            else:
+                transport.write(last)
+        transport.close()
+        real = transport.transport if isinstance(transport, CoalescingTransport) else transport
+        asyncio.get_running_loop().call_later(timeout, real.abort)
 
     def write_prepared(self, response: PreparedResponse) -> bool:
         """Answer the request with ``response`` now; ``False`` (nothing written) when it cannot.

@@ -12,6 +12,14 @@ writing through one path per connection, and keeps backpressure by writing raw f
 the transport is below its high-water mark (``frames_writable``); otherwise it queues and
 flushes when ``on_frames_writable``'s callback runs (uvicorn's ``resume_writing``).
 
+The extension also bounds how long a closing connection may hold its socket. uvicorn's own
+close waits for the transport to become writable (forever, for a peer that stopped reading)
+and then *closes* the transport, which keeps the socket ESTABLISHED while its write buffer
+cannot drain. ``close_now`` writes the close frame at once and ``abort`` drops the socket with
+its buffer; every server-side close (the app's, a keepalive timeout, a peer's close frame while
+our buffer is full) aborts the transport when the connection is not gone ``close_timeout``
+seconds later.
+
 The uvicorn internals this relies on are listed, and checked, in
 :mod:`relaycore.uvicorn_ext.internals`.
 """
@@ -28,6 +36,7 @@ from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
@@ -193,6 +202,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     _frames_callback: Callable[[], None] | None = None
+    _abort_timeout = 2.0
+    _deadline: asyncio.TimerHandle | None = None
 
     def __init__(
         self,
@@ -213,6 +224,8 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.request = None  # type: ignore[assignment]  # released after the handshake
             self.response = None  # type: ignore[assignment]  # released after the handshake
             self._release_handshake_parser()
+        elif message["type"] == "websocket.close" and self.close_sent:
+            self._abort_later()
 
     def _release_handshake_parser(self) -> None:
         """Continue parsing frames in a parser that never saw the handshake request.
@@ -259,6 +272,56 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     async def wait_frames_writable(self) -> None:
         await self.writable.wait()
 
+    @property
+    def buffered_bytes(self) -> int:
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def set_close_timeout(self, seconds: float) -> None:
+        self._abort_timeout = seconds
+        self.close_timeout = seconds  # uvicorn's wait for the peer's close reply
+
+    def close_now(self, code: int, reason: str = "", *, frame: bool = True) -> None:
+        if self.disconnected or self.close_sent or self.transport.is_closing():
+            self._abort_later()
+            return
+        # What uvicorn's send({"type": "websocket.close"}) does, minus its wait for writable.
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        output = self.conn.data_to_send()
+        if frame:
+            self.transport.write(b"".join(output))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if not frame:
+            self.abort()
+            return
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        self._abort_later()
+
+    def abort(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
+
+    def _abort_later(self) -> None:
+        if self._deadline is None and not self.disconnected:
+            self._deadline = self.loop.call_later(self._abort_timeout, self.abort)
+
+    def keepalive_timeout(self) -> None:
+        # uvicorn closes the transport, which a peer that vanished with data in flight would
+        # hold open until TCP gives up (many minutes): abort it if it is still there later.
+        super().keepalive_timeout()
+        self._abort_later()
+
+    def handle_close(self, event: Frame) -> None:
+        super().handle_close(event)
+        if self.transport.is_closing():
+            # A peer may send its close frame without reading what we sent: do not let the
+            # flush of our buffer keep the socket.
+            self._abort_later()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         callback = self._frames_callback
@@ -267,4 +330,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._frames_callback = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         super().connection_lost(exc)
