@@ -77,6 +77,11 @@ class CpuMeter:
         self._start_cpu[MACHINE] = machine_busy_seconds()
         self._start_wall = time.monotonic()
 
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds each process used since ``start()`` (the meter keeps running)."""
+        assert self._start_cpu is not None, "start() first"
+        return {name: cpu_seconds(pid) - self._start_cpu[name] for name, pid in self.pids.items()}
+
     def stop(self) -> dict[str, float]:
         assert self._start_cpu is not None, "start() first"
         wall = max(time.monotonic() - self._start_wall, 1e-9)
