@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 __all__ = ["SseError", "SseParser", "SseStream", "sse_request"]
 
@@ -125,8 +126,9 @@ class SseStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self._request)
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
+        stream.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
