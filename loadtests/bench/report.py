@@ -117,8 +117,12 @@ class Report:
     def _at(self, scenario: str, side: str, best: Step | None) -> str:
         if best is None:
             return ""
-        capped = self.stepped[scenario].capped(side)
-        return f" @ {best.rate}/s" + (" (top step: a lower bound)" if capped else "")
+        result = self.stepped[scenario]
+        if result.capped(side):
+            return f" @ {best.rate}/s (top step: a lower bound)"
+        if result.unfinished(side):
+            return f" @ {best.rate}/s (time budget ended the stepping: a lower bound)"
+        return f" @ {best.rate}/s"
 
     def _half_p99(self, side: str, pick: Callable[[list[float]], float | None]) -> float | None:
         result = self.stepped.get("fanout")
@@ -480,6 +484,10 @@ class Report:
             out += self._rate_table(name, result)
             out += [f"## {name}: {result.clients} clients, stepped publish rate", ""]
             out += [f"- setup {side}: {text}" for side, text in result.setup.items()]
+            out += [
+                f"- {side}: the time budget stopped the stepping before {rate}/s"
+                for side, rate in result.cut.items()
+            ]
             out.append("")
             steps = result.steps + result.half_steps
             rows = [

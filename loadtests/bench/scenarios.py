@@ -374,6 +374,8 @@ class SteppedResult:
     half_rate: int = 0
     half_steps: list[Step] = field(default_factory=list)
     rates: tuple[int, ...] = ()
+    # Sides the time budget stopped before they failed a rate: side -> the rate not tried.
+    cut: dict[str, int] = field(default_factory=dict)
 
     def best(self, side: str) -> Step | None:
         sustained = [s for s in self.steps if s.side == side and s.sustained]
@@ -383,6 +385,10 @@ class SteppedResult:
         """True when ``side`` sustained the top rate: its best is a lower bound, not a ceiling."""
         best = self.best(side)
         return best is not None and bool(self.rates) and best.rate == self.rates[-1]
+
+    def unfinished(self, side: str) -> bool:
+        """True when the time budget stopped ``side`` before it failed: a lower bound too."""
+        return side in self.cut and self.best(side) is not None
 
     def half(self, side: str) -> list[Step]:
         return [s for s in self.half_steps if s.side == side]
@@ -596,6 +602,7 @@ async def run_stepped(
             break
         if not budget_allows(len(active)):
             _log(f"{scenario}: time budget reached, stepping stops at {rate}/s")
+            result.cut = dict.fromkeys(active, rate)
             break
         for side in list(active):
             if not await attempt_rate(side, rate):
@@ -610,7 +617,11 @@ async def run_stepped(
             continue
         _log(f"{scenario} {side}: second pass from {rates[index]}/s")
         for rate in rates[index:]:
-            if not budget_allows(1) or not await attempt_rate(side, rate):
+            if not budget_allows(1):
+                _log(f"{scenario} {side}: time budget reached, second pass stops at {rate}/s")
+                result.cut[side] = rate
+                break
+            if not await attempt_rate(side, rate):
                 break
 
     reference = result.best("relay") or result.best("nchan")
