@@ -120,13 +120,18 @@ class EveryStep:
 def every_step(
     rows: Sequence[RateRow], figure: Callable[[RateRow], float | None], limit: float
 ) -> EveryStep:
-    """Count the rows whose ratio is ≤ ``limit``; a missing ratio (relay absent) is a miss."""
+    """Count the rows whose ratio is ≤ ``limit`` at a rate the relay sustained.
+
+    A rate the relay did not reach, or did not sustain (lost messages, p99 over the cap, the
+    publisher behind), is a miss whatever its ratio.
+    """
     met = 0
     worst: RateRow | None = None
     worst_value: float | None = None
     for row in rows:
         value = figure(row)
-        if value is not None and value <= limit:
+        sustained = row.relay is not None and row.relay.sustained
+        if sustained and value is not None and value <= limit:
             met += 1
         rank = math.inf if value is None else value
         if worst is None or rank > (math.inf if worst_value is None else worst_value):

@@ -363,7 +363,7 @@ class Report:
                 [
                     scenario,
                     f"{label}, {upto}{at}",
-                    _fmt(pick(worst.relay) if worst and worst.relay else None, 2),
+                    _fmt(pick(worst.relay), 2) if worst and worst.relay else "not reached",
                     _fmt(pick(worst.nchan) if worst and worst.nchan else None, 2),
                     _ratio(fared.worst_ratio),
                     f"≤ {limit:.1f}x at every step",
@@ -392,7 +392,8 @@ class Report:
             ]
             for limit, value in ((p99_limit, row.p99_ratio), (cpu_limit, row.cpu_ratio)):
                 if limit is not None:
-                    met = "yes" if value is not None and value <= limit else "**no**"
+                    ok = row.relay is not None and row.relay.sustained
+                    met = "yes" if ok and value is not None and value <= limit else "**no**"
                     cells.append(met if in_scope else "")
             rows.append(cells)
         header = [

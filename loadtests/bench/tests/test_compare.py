@@ -117,6 +117,17 @@ def test_rows_up_to_nchans_best_count_a_rate_the_relay_missed() -> None:
     assert common.rate == 20
 
 
+def test_a_rate_the_relay_did_not_sustain_is_a_miss_whatever_its_ratio() -> None:
+    result = _result()
+    result.steps.append(_step("relay", 40, p99_ms=1.0, cpu_s=0.01, sustained=False))
+    result.steps.append(_step("nchan", 40, p99_ms=10.0))  # nchan's best is now 40/s
+    rows = up_to_nchan_best(result)
+    assert rows[-1].rate == 40
+    assert rows[-1].cpu_ratio is not None
+    assert rows[-1].cpu_ratio < 1.0
+    assert every_step(rows, lambda row: row.cpu_ratio, 1.0).met == 1  # only 10/s
+
+
 def test_every_step_met_when_every_ratio_is_within_the_limit() -> None:
     rows = up_to_nchan_best(_result())[:1]
     fared = every_step(rows, lambda row: row.cpu_ratio, 1.0)
