@@ -153,9 +153,9 @@ def test_report_prints_cpu_per_delivery_and_the_rate_by_rate_table() -> None:
 def test_budget_stages_share_what_is_left() -> None:
     budget = Budget(100.0)
     budget.stage(1.0, 4.0)
-    assert 24.0 < budget.left() <= 25.0
+    assert 20.0 < budget.left() <= 25.0  # generous: a stalled shared core must not fail it
     budget.stage(1.0, 1.0)  # the last stage gets everything that is left
-    assert 99.0 < budget.left() <= 100.0
+    assert 80.0 < budget.left() <= 100.0
 
 
 def test_cpu_seconds_count_every_thread_finely() -> None:
