@@ -21,7 +21,10 @@ from .report import Report, machine_info
 from .scenarios import Budget, Config, run_batch, run_conns, run_publish, run_stepped
 from .stacks import NchanStack, RelayStack, Stack, ensure_peer_installed
 
-SCENARIOS = ("publish", "batch", "fanout", "longpoll", "conns")
+SCENARIOS = ("publish", "batch", "fanout", "longpoll", "sse", "conns")
+# Share of the stepping budget each stepped scenario gets (what one leaves goes to the next).
+# Long-poll's ladder is the longest (both sides usually reach its top); SSE runs last.
+STEPPED_WEIGHTS = {"fanout": 1.0, "longpoll": 1.2, "sse": 0.6}
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -33,8 +36,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=450.0,
+        default=500.0,
         help="seconds from start after which stepping stops (conns still runs, ~1 min)",
+    )
+    parser.add_argument(
+        "--subscribers", type=int, default=None, help="fanout and sse subscribers (1000)"
+    )
+    parser.add_argument("--loops", type=int, default=None, help="long-poll loops (200)")
+    parser.add_argument(
+        "--rates", default=None, help="comma-separated msgs/s ladder for every stepped scenario"
     )
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--no-install", action="store_true", help="never call apt-get")
@@ -49,6 +59,8 @@ def _quick(cfg: Config) -> Config:
         warmup_seconds=1.0,
         fanout_subscribers=200,
         fanout_rates=(20, 100, 400),
+        sse_subscribers=200,
+        sse_rates=(20, 100, 400),
         longpoll_loops=50,
         longpoll_rates=(20, 100, 400),
         step_seconds=1.5,
@@ -57,9 +69,23 @@ def _quick(cfg: Config) -> Config:
     )
 
 
+def _overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """Smaller runs for smoke tests: fewer clients, another rate ladder."""
+    if args.subscribers:
+        cfg = dataclasses.replace(
+            cfg, fanout_subscribers=args.subscribers, sse_subscribers=args.subscribers
+        )
+    if args.loops:
+        cfg = dataclasses.replace(cfg, longpoll_loops=args.loops)
+    if args.rates:
+        rates = tuple(int(r) for r in args.rates.split(",") if r)
+        cfg = dataclasses.replace(cfg, fanout_rates=rates, sse_rates=rates, longpoll_rates=rates)
+    return cfg
+
+
 async def _main(args: argparse.Namespace) -> int:
     started_wall = time.monotonic()
-    cfg = _quick(Config()) if args.quick else Config()
+    cfg = _overrides(_quick(Config()) if args.quick else Config(), args)
     budget = Budget(args.budget)
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(scenarios) - set(SCENARIOS)
@@ -87,9 +113,10 @@ async def _main(args: argparse.Namespace) -> int:
             report.publish = await run_publish(stacks, cfg, budget)
         if "batch" in scenarios:
             report.batch = await run_batch(stacks, cfg, budget)
-        for name in ("fanout", "longpoll"):
-            if name in scenarios:
-                report.stepped[name] = await run_stepped(name, stacks, pool, cfg, budget)
+        stepped = [name for name in STEPPED_WEIGHTS if name in scenarios]
+        for index, name in enumerate(stepped):
+            budget.stage(STEPPED_WEIGHTS[name], sum(STEPPED_WEIGHTS[n] for n in stepped[index:]))
+            report.stepped[name] = await run_stepped(name, stacks, pool, cfg, budget)
         if "conns" in scenarios:
             report.conns = await run_conns(stacks, pool, cfg)
     finally:

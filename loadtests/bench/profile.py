@@ -71,7 +71,11 @@ async def _drive(stack: RelayStack, args: argparse.Namespace) -> str:
     try:
         topic = f"bench.profile.{args.scenario}"
         group = "profile"
-        clients = cfg.fanout_subscribers if args.scenario == "fanout" else cfg.longpoll_loops
+        clients = {
+            "fanout": cfg.fanout_subscribers,
+            "sse": cfg.sse_subscribers,
+            "longpoll": cfg.longpoll_loops,
+        }[args.scenario]
         shares = split(clients, pool.size)
         if args.scenario == "fanout":
             url = f"ws://{HOST}:{stack.subscribe_port}/api/v1/ws"
@@ -83,6 +87,23 @@ async def _drive(stack: RelayStack, args: argparse.Namespace) -> str:
                         "kind": "relay",
                         "url": url,
                         "topic": topic,
+                        "n": n,
+                        "sources": SOURCES,
+                        "concurrency": 50,
+                    }
+                    for n in shares
+                ],
+                limit_s=90,
+            )
+        elif args.scenario == "sse":
+            await pool.each(
+                [
+                    {
+                        "op": "sse",
+                        "group": group,
+                        "host": HOST,
+                        "port": stack.subscribe_port,
+                        "path": f"/api/v1/sse?topic={topic}",
                         "n": n,
                         "sources": SOURCES,
                         "concurrency": 50,
@@ -164,10 +185,10 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench.profile", description=__doc__)
-    scenarios = ("publish", "batch", "fanout", "longpoll")
+    scenarios = ("publish", "batch", "fanout", "sse", "longpoll")
     parser.add_argument("--scenario", choices=scenarios, default="publish")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rate", type=int, default=200, help="msgs/s for fanout/longpoll")
+    parser.add_argument("--rate", type=int, default=200, help="msgs/s for fanout/sse/longpoll")
     return uvloop.run(_main(parser.parse_args(argv)))
 
 

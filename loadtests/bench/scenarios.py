@@ -1,4 +1,4 @@
-"""The five scenarios, each run against every side in alternation (relay, nchan, relay, nchan ...).
+"""The six scenarios, each run against every side in alternation (relay, nchan, relay, nchan ...).
 
 - publish: ``wrk`` POSTs single messages on 64 keep-alive connections → msgs/s, p50/p99.
 - batch: ``wrk`` POSTs 100-message batches (relay only; nchan has no batch publish, so its
@@ -6,6 +6,7 @@
 - fanout: 1,000 WebSocket subscribers on one topic; fixed publish rates stepped up until a
   step delivers < 100 % or p99 > 100 ms; then both sides again at half the relay's best rate.
 - longpoll: 200 long-poll loops on one topic, the same stepping.
+- sse: 1,000 Server-Sent Events subscribers on one topic, the same stepping as fanout.
 - conns: 15,000 idle WebSockets from several 127.0.0.x addresses → all held? RSS per connection.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import resource
 import shutil
@@ -45,6 +47,9 @@ LUA = HERE / "wrk" / "publish.lua"
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 
 
+FANOUT_RATES = (10, 20, 30, 40, 50, 70, 100, 130, 160, 200, 250, 300, 400, 500, 600, 800, 1000)
+
+
 @dataclass(frozen=True)
 class Config:
     rounds: int = 3
@@ -54,25 +59,7 @@ class Config:
     batch_size: int = 100
     batch_connections: int = 16
     fanout_subscribers: int = 1000
-    fanout_rates: tuple[int, ...] = (
-        10,
-        20,
-        30,
-        40,
-        50,
-        70,
-        100,
-        130,
-        160,
-        200,
-        250,
-        300,
-        400,
-        500,
-        600,
-        800,
-        1000,
-    )
+    fanout_rates: tuple[int, ...] = FANOUT_RATES
     longpoll_loops: int = 200
     longpoll_rates: tuple[int, ...] = (
         10,
@@ -95,6 +82,8 @@ class Config:
         2500,
         3000,
     )
+    sse_subscribers: int = 1000
+    sse_rates: tuple[int, ...] = FANOUT_RATES
     step_seconds: float = 3.0
     drain_seconds: float = 2.0
     max_p99_ms: float = 100.0
@@ -114,10 +103,20 @@ class Budget:
 
     def __init__(self, seconds: float, quiet_s: float = 90.0) -> None:
         self.deadline = time.monotonic() + seconds
+        self.stage_deadline = math.inf
         self.quiet_s = quiet_s
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return min(self.deadline, self.stage_deadline) - time.monotonic()
+
+    def stage(self, weight: float, weights_left: float) -> None:
+        """Give the next scenario ``weight / weights_left`` of the time that is left.
+
+        Without shares the first stepped scenario could use the whole budget and starve the
+        ones after it; time a scenario does not need goes to the ones that follow.
+        """
+        self.stage_deadline = math.inf
+        self.stage_deadline = time.monotonic() + self.left() * weight / weights_left
 
 
 QUIET_BELOW = 60.0  # % of one core busy with work the bench did not start
@@ -170,6 +169,12 @@ class WrkRun:
     @property
     def msgs_per_s(self) -> float:
         return (self.requests - self.errors) * self.msgs_per_request / self.seconds
+
+    @property
+    def cpu_us_per_msg(self) -> float | None:
+        """Server CPU (every server process, µs) per message published."""
+        rate = self.msgs_per_s
+        return 1e4 * sum(self.server_cpu.values()) / rate if rate > 0 else None
 
 
 def _wrk(url: str, body: bytes, connections: int, seconds: float) -> tuple[dict[str, float], float]:
@@ -337,6 +342,14 @@ class Step:
     sustained: bool
     other_cpu: float = 0.0  # busy CPU on the machine that the bench did not cause
     note: str = ""
+    # CPU seconds of every server process from the first publish until the step's deliveries
+    # were collected (the drain included: late deliveries cost CPU too).
+    server_cpu_s: float = 0.0
+
+    @property
+    def cpu_us_per_delivery(self) -> float | None:
+        """Server CPU (µs) per message delivered to a subscriber in this step."""
+        return 1e6 * self.server_cpu_s / self.received if self.received else None
 
     @property
     def expected(self) -> int:
@@ -361,6 +374,8 @@ class SteppedResult:
     half_rate: int = 0
     half_steps: list[Step] = field(default_factory=list)
     rates: tuple[int, ...] = ()
+    # Sides the time budget stopped before they failed a rate: side -> the rate not tried.
+    cut: dict[str, int] = field(default_factory=dict)
 
     def best(self, side: str) -> Step | None:
         sustained = [s for s in self.steps if s.side == side and s.sustained]
@@ -370,6 +385,10 @@ class SteppedResult:
         """True when ``side`` sustained the top rate: its best is a lower bound, not a ceiling."""
         best = self.best(side)
         return best is not None and bool(self.rates) and best.rate == self.rates[-1]
+
+    def unfinished(self, side: str) -> bool:
+        """True when the time budget stopped ``side`` before it failed: a lower bound too."""
+        return side in self.cut and self.best(side) is not None
 
     def half(self, side: str) -> list[Step]:
         return [s for s in self.half_steps if s.side == side]
@@ -407,6 +426,7 @@ async def _step(
         await asyncio.sleep(0.05)
         received = await pool.received(group)
     received, latencies, errors = await pool.collect(group)
+    server_cpu_s = sum(v for k, v in meter.seconds().items() if not k.startswith("_"))
     latency = LatencySummary.of(latencies)
     delivered_all = received >= expected > 0
     on_schedule = run.achieved_rate >= 0.95 * rate and run.failed == 0
@@ -435,12 +455,14 @@ async def _step(
         publisher_cpu=cpu["_publisher"],
         sustained=sustained,
         note="; ".join(notes),
+        server_cpu_s=server_cpu_s,
     )
     if record:
         _log(
             f"{group:12} {rate:5}/s  delivered {100 * step.delivered:6.2f}%  "
             f"{step.deliveries_per_s:9.0f} deliveries/s  p50 {latency.p50_ms:7.2f} ms  "
-            f"p99 {latency.p99_ms:7.2f} ms  server cpu {sum(step.server_cpu.values()):4.0f}%  "
+            f"p99 {latency.p99_ms:7.2f} ms  server cpu {sum(step.server_cpu.values()):4.0f}% "
+            f"({step.cpu_us_per_delivery or 0:5.1f} µs/delivery)  "
             f"client cpu {step.client_cpu:4.0f}% (max {step.client_cpu_max:3.0f}%)  "
             f"other {step.other_cpu:4.0f}%  "
             f"{'ok' if sustained else 'NOT sustained'}"
@@ -452,10 +474,16 @@ async def _step(
 async def run_stepped(
     scenario: str, stacks: dict[str, Stack], pool: WorkerPool, cfg: Config, budget: Budget
 ) -> SteppedResult:
-    """``fanout`` (WebSockets) or ``longpoll`` (poll loops): step the publish rate up."""
+    """``fanout`` (WebSockets), ``sse`` (event streams) or ``longpoll`` (poll loops).
+
+    Steps the publish rate up; see the module docstring and README for the sustained rule.
+    """
     topic = f"bench.{scenario}"
-    clients = cfg.fanout_subscribers if scenario == "fanout" else cfg.longpoll_loops
-    rates = cfg.fanout_rates if scenario == "fanout" else cfg.longpoll_rates
+    clients, rates = {
+        "fanout": (cfg.fanout_subscribers, cfg.fanout_rates),
+        "sse": (cfg.sse_subscribers, cfg.sse_rates),
+        "longpoll": (cfg.longpoll_loops, cfg.longpoll_rates),
+    }[scenario]
     result = SteppedResult(scenario, clients, rates=rates)
     active: list[str] = []
     for side, stack in stacks.items():
@@ -472,6 +500,28 @@ async def run_stepped(
                         "kind": side,
                         "url": url,
                         "topic": topic,
+                        "n": n,
+                        "sources": SOURCES,
+                        "concurrency": 50,
+                        "timeout": 60,
+                    }
+                    for n in shares
+                ],
+                limit_s=90,
+            )
+            ready = sum(a["ready"] for a in answers)
+            errors = [e for a in answers for e in a["errors"]]
+        elif scenario == "sse":
+            answers = await pool.each(
+                [
+                    {
+                        "op": "sse",
+                        "group": group,
+                        "host": HOST,
+                        "port": stack.subscribe_port,
+                        "path": (
+                            f"/api/v1/sse?topic={topic}" if side == "relay" else f"/sse/{topic}"
+                        ),
                         "n": n,
                         "sources": SOURCES,
                         "concurrency": 50,
@@ -552,6 +602,7 @@ async def run_stepped(
             break
         if not budget_allows(len(active)):
             _log(f"{scenario}: time budget reached, stepping stops at {rate}/s")
+            result.cut = dict.fromkeys(active, rate)
             break
         for side in list(active):
             if not await attempt_rate(side, rate):
@@ -566,7 +617,11 @@ async def run_stepped(
             continue
         _log(f"{scenario} {side}: second pass from {rates[index]}/s")
         for rate in rates[index:]:
-            if not budget_allows(1) or not await attempt_rate(side, rate):
+            if not budget_allows(1):
+                _log(f"{scenario} {side}: time budget reached, second pass stops at {rate}/s")
+                result.cut[side] = rate
+                break
+            if not await attempt_rate(side, rate):
                 break
 
     reference = result.best("relay") or result.best("nchan")

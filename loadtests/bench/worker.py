@@ -6,6 +6,7 @@ commands on stdin and answers one JSON line per command on stdout:
 
 - ``ws``: open ``n`` WebSockets (relay: then ``subscribe``; nchan: the URL is the channel);
 - ``lp``: start ``n`` long-poll loops (bounded by ``max_seconds``);
+- ``sse``: open ``n`` Server-Sent Events streams (:mod:`loadtests.bench.sseclient`);
 - ``reset`` / ``count`` / ``collect``: step accounting (``collect`` ships the latency samples);
 - ``probe``: WebSocket ping every connection, count the pongs (are they all still held?);
 - ``close``, ``cpu``, ``exit``.
@@ -29,6 +30,7 @@ import picows
 import uvloop
 
 from .httpclient import HttpConnection, HttpError, build_request
+from .sseclient import SseError, SseStream, sse_request
 from .stats import Samples, now_us, scan_timestamps
 
 __all__ = ["main"]
@@ -47,6 +49,7 @@ class Group:
 
     samples: Samples = field(default_factory=Samples)
     transports: list[picows.WSTransport] = field(default_factory=list)
+    streams: list[SseStream] = field(default_factory=list)
     ready: int = 0
     pongs: int = 0
     pong_target: int = 0
@@ -165,6 +168,53 @@ class Worker:
             "errors": group.errors,
         }
 
+    async def sse(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Open ``n`` SSE streams on ``host:port`` + ``path``; ready = the server answered 200."""
+        group = self.group(cmd["group"])
+        sources: list[str] = cmd.get("sources") or ["127.0.0.1"]
+        host, port = cmd["host"], int(cmd["port"])
+        request = sse_request(cmd["path"], f"{host}:{port}")
+        limit = asyncio.Semaphore(int(cmd.get("concurrency", 100)))
+        deadline = time.monotonic() + float(cmd.get("timeout", 60))
+        loop = asyncio.get_running_loop()
+        failed = 0
+
+        def on_events(block: bytes) -> None:
+            # ``group.samples`` is replaced on every collect: look it up per call.
+            scan_timestamps(block, now_us(), group.samples)
+
+        async def one(index: int) -> None:
+            nonlocal failed
+            async with limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    failed += 1
+                    return
+                try:
+                    async with asyncio.timeout(min(remaining, 30)):
+                        _, stream = await loop.create_connection(
+                            lambda: SseStream(request, on_events),
+                            host,
+                            port,
+                            local_addr=(sources[index % len(sources)], 0),
+                        )
+                        group.streams.append(stream)
+                        await stream.ready
+                        group.ready += 1
+                except (OSError, TimeoutError, SseError) as exc:
+                    failed += 1
+                    group.error(f"{type(exc).__name__}: {exc}")
+
+        async with asyncio.TaskGroup() as tg:
+            for index in range(int(cmd["n"])):
+                tg.create_task(one(index))
+        return {
+            "connected": len(group.streams),
+            "ready": group.ready,
+            "failed": failed,
+            "errors": group.errors,
+        }
+
     async def lp(self, cmd: dict[str, Any]) -> dict[str, Any]:
         group = self.group(cmd["group"])
         sources: list[str] = cmd.get("sources") or ["127.0.0.1"]
@@ -274,7 +324,9 @@ class Worker:
         for transport in group.transports:
             if not transport.is_disconnected:
                 transport.disconnect()
-        return {"closed": len(group.transports) + len(group.tasks)}
+        for stream in group.streams:
+            stream.close()
+        return {"closed": len(group.transports) + len(group.tasks) + len(group.streams)}
 
     async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd["op"]
@@ -282,6 +334,8 @@ class Worker:
             return await self.ws(cmd)
         if op == "lp":
             return await self.lp(cmd)
+        if op == "sse":
+            return await self.sse(cmd)
         if op == "probe":
             return await self.probe(cmd)
         if op == "close":
@@ -295,7 +349,8 @@ class Worker:
             group.errors.clear()
             return {"ok": True}
         if op == "count":
-            return {"received": group.samples.received, "closed": group.closed}
+            closed = group.closed + sum(s.closed for s in group.streams)
+            return {"received": group.samples.received, "closed": closed}
         if op == "collect":
             samples = group.samples
             group.samples = Samples()
@@ -304,7 +359,7 @@ class Worker:
                 "lat": base64.b64encode(samples.latencies.tobytes()).decode(),
                 "closed": group.closed,
                 "requests": group.requests,
-                "errors": group.errors,
+                "errors": group.errors + [s.error for s in group.streams if s.error][:3],
             }
         raise ValueError(f"unknown op {op!r}")
 
