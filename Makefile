@@ -26,7 +26,7 @@ install: bootstrap ## Create .venv from uv.lock (bootstraps uv with pip when mis
 	@$(UV) sync --frozen --all-packages
 
 run: install ## Start embedded Valkey + ingest (:8080) + gateway (:8081); Ctrl-C stops all
-	@$(UV) run --frozen python -m relaycore.devrun
+	@$(UV) run --frozen python -m relay_devtools.devrun
 
 test: install ## Run the whole test suite against real Valkey processes (fault tests included)
 	@$(UV) run --frozen pytest

@@ -38,9 +38,9 @@ from pathlib import Path
 import httpx
 import msgspec
 
+from relay_devtools.testing import ValkeyProcess, free_port
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyDsn, create_client
 
 HERE = Path(__file__).resolve().parent

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from relay_gateway.testing import gateway_settings, run_gateway
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import gateway_settings, run_gateway
 from relay_ingest.app import create_app as create_ingest
 from relaycore.settings import Settings
-from relaycore.testing import UvicornServer
 
 AptTool = Callable[[str, str], str]
 _APT_LOCK = Path("/tmp/pulsar-relay-apt.lock")

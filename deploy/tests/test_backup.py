@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from relay_gateway.testing import SseReader, ws_client
+from relay_devtools.testing import ValkeyProcess
+from relay_devtools.testing.gateway import SseReader, ws_client
 from relaycore.ids import StreamId
-from relaycore.testing import ValkeyProcess
 
 from .conftest import AptTool, StartStack
 

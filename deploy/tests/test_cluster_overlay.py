@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from relay_devtools.testing import UvicornServer, ValkeyProcess
+from relay_devtools.testing.gateway import gateway_settings, run_gateway, ws_client
 from relay_gateway.readers import key_slot
-from relay_gateway.testing import gateway_settings, run_gateway, ws_client
 from relay_ingest.app import create_app as create_ingest
 from relaycore.settings import Settings
-from relaycore.testing import UvicornServer, ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 from .conftest import AptTool

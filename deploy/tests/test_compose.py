@@ -23,9 +23,15 @@ import jsonschema
 import pytest
 import yaml
 
-from relay_gateway.testing import SseReader, gateway_settings, publish, run_gateway, ws_client
+from relay_devtools.testing import UvicornServer, free_port
+from relay_devtools.testing.gateway import (
+    SseReader,
+    gateway_settings,
+    publish,
+    run_gateway,
+    ws_client,
+)
 from relaycore.settings import Settings, parse_duration
-from relaycore.testing import UvicornServer, free_port
 from relaycore.valkey import ValkeyClient
 
 from .conftest import AptTool

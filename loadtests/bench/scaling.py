@@ -15,7 +15,7 @@ cores the CPU-normalised figure is the steadier one: it is what one worker does 
 
 ``--valkey-url`` (with ``--cluster`` for a Valkey Cluster) runs against an existing Valkey;
 without it the harness starts its own ``valkey-server`` (AOF ``everysec``). Services are real
-``relay-ingest`` / ``relay-gateway`` processes (``relaycore.testing.Deployment``); clients are
+``relay-ingest`` / ``relay-gateway`` processes (``relay_devtools.testing.Deployment``); clients are
 the bench's load-generator processes. Everything is stopped by pid. Needs ``wrk`` for (1)
 (``apt-get install wrk``; ``make bench`` installs it); without it (1) is skipped.
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import uvloop
 
-from relaycore.testing import DeployedProcess, Deployment, ValkeyProcess, descendants
+from relay_devtools.testing import DeployedProcess, Deployment, ValkeyProcess, descendants
 
 from .pool import WorkerPool, split
 from .procstat import MACHINE, CpuMeter, rss_kib

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relaycore.testing import ValkeyProcess, free_port
+from relay_devtools.testing import ValkeyProcess, free_port
 
 from .procstat import children
 

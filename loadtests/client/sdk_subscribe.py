@@ -23,7 +23,7 @@ import time
 import uuid
 
 from relay_client import Message, RelayClient
-from relaycore.testing import ServiceProcess, ValkeyProcess
+from relay_devtools.testing import ServiceProcess, ValkeyProcess
 
 
 def _pin(pid: int, cpus: set[int]) -> None:

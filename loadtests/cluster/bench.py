@@ -1,6 +1,6 @@
 """Valkey Cluster benchmarks of issue 8: idle commands/s, and e2e p99 cluster vs standalone.
 
-Starts its own Valkeys (a three-primary :class:`~relaycore.testing.ValkeyCluster` and a single
+Starts its own Valkeys (a three-primary :class:`~relay_devtools.testing.ValkeyCluster` and a single
 ``valkey-server``, embedded binary, free ports, temp dirs) and real ``python -m relay_gateway``
 processes; subscribers are real WebSocket clients in separate processes.
 
@@ -40,9 +40,9 @@ import uvloop
 import websockets
 from glide import Batch, ClusterBatch
 
+from relay_devtools.testing import ValkeyCluster, ValkeyProcess, free_port
+from relay_devtools.testing.cluster import command
 from relaycore.streams import StreamRetention, add_publish, ensure_functions
-from relaycore.testing import ValkeyCluster, ValkeyProcess, free_port
-from relaycore.testing.cluster import command
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 RETAIN = StreamRetention(maxlen=100_000, max_age_ms=0, idempotency_ttl_ms=60_000)

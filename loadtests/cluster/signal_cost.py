@@ -18,8 +18,8 @@ import time
 
 from glide import Batch, GlideClient
 
+from relay_devtools.testing import ValkeyProcess
 from relaycore.streams import FUNCTION_LIBRARY, StreamRetention, add_publish
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 RETAIN = StreamRetention(maxlen=100_000, max_age_ms=0, idempotency_ttl_ms=60_000)

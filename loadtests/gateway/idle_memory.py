@@ -23,9 +23,9 @@ import uvloop
 from loadtests.bench.pool import WorkerPool, split
 from loadtests.bench.procstat import rss_kib
 
-from relay_gateway.testing import gateway_settings, run_gateway
+from relay_devtools.testing import ValkeyProcess
+from relay_devtools.testing.gateway import gateway_settings, run_gateway
 from relaycore.runtime import tune_gc
-from relaycore.testing import ValkeyProcess
 
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 

@@ -35,9 +35,9 @@ import psutil
 import websockets
 from glide import Batch
 
-from relay_gateway.testing import TCP_ESTABLISHED, StalledClient, tcp_states
+from relay_devtools.testing import ValkeyProcess, free_port
+from relay_devtools.testing.gateway import TCP_ESTABLISHED, StalledClient, tcp_states
 from relaycore.streams import StreamRetention, add_publish, ensure_functions
-from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyDsn, create_client
 
 RETAIN = StreamRetention(maxlen=100_000, max_age_ms=0, idempotency_ttl_ms=60_000)

@@ -12,7 +12,7 @@ import httpx
 import msgspec
 import websockets
 
-from relay_gateway.testing import id_key
+from relay_devtools.testing.gateway import id_key
 
 
 @dataclass

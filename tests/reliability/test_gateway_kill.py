@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from relay_gateway.testing import publish
+from relay_devtools.testing import ValkeyProcess
+from relay_devtools.testing.gateway import publish
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 from .conftest import Service

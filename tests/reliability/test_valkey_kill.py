@@ -15,9 +15,9 @@ import time
 import msgspec
 import pytest
 
+from relay_devtools.testing import ValkeyProcess
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 from .conftest import Service

@@ -16,10 +16,10 @@ from typing import Any
 import jwt
 import pytest
 
-from relay_gateway.testing import gateway_settings, run_gateway
+from relay_devtools.testing import ServiceProcess, UvicornServer
+from relay_devtools.testing.gateway import gateway_settings, run_gateway
 from relay_ingest.app import create_app as create_ingest
 from relaycore.settings import Settings
-from relaycore.testing import ServiceProcess, UvicornServer
 
 SECRET = "sdk-test-secret-with-enough-bytes-for-hs256"
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from relay_client import RelayClient
-from relaycore.testing import free_port
+from relay_devtools.testing import free_port
 
 ServicesFactory = Callable[..., AbstractAsyncContextManager[Any]]
 RELAY = str(Path(sys.executable).parent / "relay")

@@ -22,9 +22,9 @@ from relay_client import (
     RelayConnectionError,
     RetryPolicy,
 )
+from relay_devtools.testing import ValkeyProcess, free_port
 from relaycore.keys import stream_key
 from relaycore.settings import RateLimit
-from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 ServicesFactory = Callable[..., AbstractAsyncContextManager[Any]]

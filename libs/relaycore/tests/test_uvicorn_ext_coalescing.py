@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
 from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
 
 

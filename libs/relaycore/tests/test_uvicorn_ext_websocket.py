@@ -19,7 +19,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
 from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol, _at_frame_boundary
 
 

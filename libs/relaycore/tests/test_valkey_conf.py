@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from glide import Batch, ExpireOptions, MaxId, MinId, RequestError
 
+from relay_devtools.testing.servers import ValkeyProcess
 from relaycore.ids import StreamId
 from relaycore.keys import idempotency_key, rate_limit_key, signal_channel, stream_key
 from relaycore.streams import (
@@ -26,7 +27,6 @@ from relaycore.streams import (
     read_after,
     stream_info,
 )
-from relaycore.testing.servers import ValkeyProcess
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 REPO = Path(__file__).resolve().parents[3]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from relay_gateway.testing import gateway_settings, run_gateway
-from relaycore.testing import UvicornServer
-from relaycore.testing.plugin import Backend
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import gateway_settings, run_gateway
+from relay_devtools.testing.plugin import Backend
 
 # The transport tests also run on uvicorn's own protocols: what the gateway falls back to when
 # the installed uvicorn lacks an internal relaycore.uvicorn_ext uses (plain ASGI sends only).

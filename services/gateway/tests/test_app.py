@@ -8,8 +8,8 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 
-from relay_gateway.testing import gateway_settings, publish, run_gateway, ws_client
-from relaycore.testing import UvicornServer, free_port
+from relay_devtools.testing import UvicornServer, free_port
+from relay_devtools.testing.gateway import gateway_settings, publish, run_gateway, ws_client
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

@@ -13,8 +13,8 @@ import jwt
 import pytest
 import websockets
 
-from relay_gateway.testing import WsClient, ws_client
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import WsClient, ws_client
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 SECRET = "test-secret-with-enough-bytes-for-hs256"

@@ -10,10 +10,10 @@ import asyncio
 
 import httpx
 
+from relay_devtools.testing import ValkeyCluster
+from relay_devtools.testing.gateway import gateway_settings, publish, run_gateway, ws_client
 from relay_gateway.cluster_reader import SlotMap
-from relay_gateway.testing import gateway_settings, publish, run_gateway, ws_client
 from relaycore.keys import key_slot
-from relaycore.testing import ValkeyCluster
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 

@@ -18,11 +18,17 @@ import httpx
 import pytest
 from glide import GlideError
 
-from relay_gateway.testing import WsClient, gateway_settings, publish, run_gateway, ws_client
+from relay_devtools.testing import ValkeyCluster, ValkeyProcess
+from relay_devtools.testing.cluster import command
+from relay_devtools.testing.gateway import (
+    WsClient,
+    gateway_settings,
+    publish,
+    run_gateway,
+    ws_client,
+)
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyCluster, ValkeyProcess
-from relaycore.testing.cluster import command
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import structlog
 
+from relay_devtools.testing.gateway import gateway_settings, run_gateway
 from relay_gateway import app as gateway_app
-from relay_gateway.testing import gateway_settings, run_gateway
 
 
 class Injected(RuntimeError):

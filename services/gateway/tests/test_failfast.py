@@ -11,8 +11,8 @@ import time
 
 import httpx
 
-from relay_gateway.testing import gateway_settings, publish, run_gateway, ws_client
-from relaycore.testing import ValkeyProcess
+from relay_devtools.testing import ValkeyProcess
+from relay_devtools.testing.gateway import gateway_settings, publish, run_gateway, ws_client
 from relaycore.valkey import ValkeyDsn, create_client
 
 FAST = 0.5  # "at once", with a margin for a shared machine

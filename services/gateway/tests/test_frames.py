@@ -12,9 +12,9 @@ import websockets
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from relay_gateway.testing import id_key, publish, ws_client
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import id_key, publish, ws_client
 from relaycore.frames import frame_writer, text_frame
-from relaycore.testing import UvicornServer
 from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
 from relaycore.valkey import ValkeyClient
 

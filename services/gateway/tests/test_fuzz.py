@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from relay_gateway.testing import ws_client
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import ws_client
 from relaycore.settings import RateLimit
-from relaycore.testing import UvicornServer
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 ODD_TEXT = ["", " ", "0-0", "-1", "1-", "abc", "9" * 30, "1e3", "1.5", "ü", "a b", "\x00", "%", "*"]

@@ -12,7 +12,8 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from relay_gateway.testing import (
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import (
     SseReader,
     id_key,
     publish,
@@ -20,7 +21,6 @@ from relay_gateway.testing import (
     ws_client,
 )
 from relaycore.keys import stream_key
-from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

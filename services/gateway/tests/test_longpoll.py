@@ -9,8 +9,8 @@ from contextlib import AbstractAsyncContextManager
 import httpx
 import pytest
 
-from relay_gateway.testing import publish
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import publish
 from relaycore.valkey import ValkeyClient
 
 # Every case runs on the single node and on the three-primary cluster.

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import websockets
 
-from relay_gateway.testing import WsClient
-from relaycore.testing import free_port
+from relay_devtools.testing import free_port
+from relay_devtools.testing.gateway import WsClient
 
 WEBSOCKETS = 12
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import websockets
 
-from relay_gateway.testing import WsClient
+from relay_devtools.testing import Deployment
+from relay_devtools.testing.gateway import WsClient
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import Deployment
 from relaycore.valkey import ValkeyClient
 
 PRODUCERS = 4

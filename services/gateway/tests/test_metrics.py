@@ -13,8 +13,14 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 
-from relay_gateway.testing import SseReader, gateway_settings, publish, run_gateway, ws_client
-from relaycore.testing import UvicornServer, ValkeyProcess
+from relay_devtools.testing import UvicornServer, ValkeyProcess
+from relay_devtools.testing.gateway import (
+    SseReader,
+    gateway_settings,
+    publish,
+    run_gateway,
+    ws_client,
+)
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

@@ -8,8 +8,14 @@ import shutil
 import httpx
 from glide import GlideError
 
-from relay_gateway.testing import SseReader, gateway_settings, publish, run_gateway, ws_client
-from relaycore.testing import ValkeyProcess
+from relay_devtools.testing import ValkeyProcess
+from relay_devtools.testing.gateway import (
+    SseReader,
+    gateway_settings,
+    publish,
+    run_gateway,
+    ws_client,
+)
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 

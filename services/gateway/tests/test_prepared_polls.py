@@ -11,8 +11,8 @@ import httpx
 import msgspec
 import pytest
 
-from relay_gateway.testing import publish
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import publish
 from relaycore.uvicorn_ext.coalescing import CoalescingTransport
 from relaycore.valkey import ValkeyClient
 

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from relay_gateway.testing import SseReader, id_key, publish, ws_client
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import SseReader, id_key, publish, ws_client
 from relaycore.ids import ZERO
 from relaycore.streams import StreamRetention, read_after
-from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
 # Every case runs on the single node and on the three-primary cluster.

@@ -14,10 +14,10 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 
-from relay_gateway.testing import publish, ws_client
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import publish, ws_client
 from relaycore.ids import StreamId
 from relaycore.keys import stream_key
-from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

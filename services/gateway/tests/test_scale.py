@@ -11,9 +11,9 @@ import msgspec
 import pytest
 from glide import Batch
 
-from relay_gateway.testing import RETAIN, WsClient, ws_client
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import RETAIN, WsClient, ws_client
 from relaycore.streams import add_publish, ensure_functions
-from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

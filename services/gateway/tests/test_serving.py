@@ -16,8 +16,8 @@ import httpx
 import pytest
 import websockets
 
-from relay_gateway.testing import WsClient
-from relaycore.testing import free_port, kill_tree
+from relay_devtools.testing import free_port, kill_tree
+from relay_devtools.testing.gateway import WsClient
 
 from .test_main import gateway_env
 

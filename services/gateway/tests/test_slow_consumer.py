@@ -11,14 +11,14 @@ import httpx
 import pytest
 import websockets
 
-from relay_gateway.testing import (
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import (
     TCP_ESTABLISHED,
     StalledClient,
     publish,
     tcp_states,
     ws_client,
 )
-from relaycore.testing import UvicornServer
 from relaycore.valkey import ValkeyClient
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]

@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from relay_gateway.testing import (
+from relay_devtools.testing.gateway import (
     GatewayThread,
     gateway_settings,
     id_key,

@@ -32,11 +32,11 @@ from playwright.async_api import (
 )
 
 from relay_client import RelayClient
-from relay_gateway.testing import gateway_settings, publish, run_gateway
+from relay_devtools.testing import ServiceProcess, UvicornServer
+from relay_devtools.testing.gateway import gateway_settings, publish, run_gateway
 from relay_ingest.app import create_app as create_ingest
 from relaycore.keys import stream_key
 from relaycore.settings import ConfigError, Settings
-from relaycore.testing import ServiceProcess, UvicornServer
 from relaycore.valkey import ValkeyClient
 
 CHROMIUM = Path("/usr/bin/chromium")

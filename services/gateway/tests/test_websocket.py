@@ -9,8 +9,8 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 import websockets
 
-from relay_gateway.testing import id_key, publish, ws_client
-from relaycore.testing import UvicornServer
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import id_key, publish, ws_client
 from relaycore.valkey import ValkeyClient
 
 # Every case runs on the single node and on the three-primary cluster.

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from relay_gateway.testing import (
+from relay_devtools.testing import UvicornServer
+from relay_devtools.testing.gateway import (
     GatewayThread,
     StalledClient,
     gateway_settings,
@@ -29,7 +30,6 @@ from relay_gateway.testing import (
     ws_client,
 )
 from relaycore.settings import RateLimit
-from relaycore.testing import UvicornServer
 
 Gateway = Callable[..., AbstractAsyncContextManager[UvicornServer]]
 ALLOWED = {"subscribed", "unsubscribed", "pong", "error", "message", "gap"}

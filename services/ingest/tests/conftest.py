@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from relay_devtools.testing.plugin import Backend
 from relay_ingest.app import create_app
 from relaycore.settings import Settings
-from relaycore.testing.plugin import Backend
 
 MakeIngest = Callable[..., Awaitable[httpx.AsyncClient]]
 

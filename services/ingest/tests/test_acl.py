@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from relay_devtools.testing import ValkeyProcess
 from relaycore.settings import RateLimit
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 from .conftest import MakeIngest

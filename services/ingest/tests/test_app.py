@@ -8,11 +8,11 @@ import time
 
 import httpx
 
+from relay_devtools.testing import ValkeyProcess, free_port
 from relay_ingest.app import create_app
 from relaycore.ids import StreamId
 from relaycore.settings import Settings
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess, free_port
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 from .conftest import MakeIngest

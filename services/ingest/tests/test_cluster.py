@@ -15,9 +15,9 @@ import time
 import httpx
 import pytest
 
+from relay_devtools.testing import ValkeyCluster
 from relaycore.ids import StreamId
 from relaycore.settings import RateLimit
-from relaycore.testing import ValkeyCluster
 
 from .conftest import MakeIngest
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import structlog
 
+from relay_devtools.testing import UvicornServer
 from relay_ingest import fastlane, routes
 from relay_ingest.app import create_app
 from relaycore.settings import Settings
-from relaycore.testing import UvicornServer
 from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
 
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.types import ASGIApp
 
+from relay_devtools.testing import free_port
 from relay_ingest.app import create_app
 from relaycore.settings import RateLimit, Settings
-from relaycore.testing import free_port
 
 FUZZ = settings(
     max_examples=120,

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from relaycore.testing import free_port
+from relay_devtools.testing import free_port
 
 
 def environment(**relay: str) -> dict[str, str]:

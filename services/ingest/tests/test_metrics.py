@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from relaycore.testing import ValkeyProcess
+from relay_devtools.testing import ValkeyProcess
 
 from .conftest import MakeIngest
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from relay_devtools.testing import ValkeyProcess
 from relaycore.ids import StreamId
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyDsn, create_client
 
 from .conftest import MakeIngest

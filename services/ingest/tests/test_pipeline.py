@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from glide import RequestError
 
+from relay_devtools.testing import ValkeyProcess
 from relay_ingest.pipeline import AnyBatch, Pipeline, Unavailable
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from relay_devtools.testing import ValkeyProcess
 from relay_ingest.pipeline import Pipeline
 from relay_ingest.publisher import OutgoingMessage, Publisher
 from relaycore.ids import StreamId
 from relaycore.streams import LIBRARY_NAME, StreamRetention, read_after
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 RETENTION = StreamRetention(maxlen=1000, max_age_ms=0, idempotency_ttl_ms=60_000)

@@ -12,11 +12,11 @@ import sys
 import httpx
 import pytest
 
+from relay_devtools.testing import free_port
 from relaycore.ids import StreamId
 from relaycore.keys import stream_key
 from relaycore.settings import Settings
 from relaycore.streams import read_after
-from relaycore.testing import free_port
 from relaycore.valkey import ValkeyClient
 
 from .conftest import MakeIngest

@@ -10,13 +10,13 @@ import jwt
 import msgspec
 import pytest
 
+from relay_devtools.testing import ValkeyProcess
 from relay_ingest.app import create_app
 from relaycore.ids import StreamId
 from relaycore.keys import stream_key
 from relaycore.models import decode_publish
 from relaycore.settings import RateLimit, Settings
 from relaycore.streams import read_after
-from relaycore.testing import ValkeyProcess
 from relaycore.valkey import ValkeyClient
 
 from .conftest import MakeIngest

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from relay_devtools.testing import UvicornServer
 from relay_ingest.app import create_app
 from relaycore.settings import Settings
-from relaycore.testing import UvicornServer
 from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
 
 MESSAGES = "/api/v1/messages"

@@ -173,7 +173,7 @@ async def ready(request: Request) -> Response:
     text = b"".join(info.values()) if isinstance(info, dict) else info
     if b"loading:1" in text:
         return JSONResponse({"status": "valkey loading"}, status_code=503)
-    if not state.readers.healthy:
+    if not state.hub.source.healthy:
         return JSONResponse({"status": "readers failing"}, status_code=503)
     return JSONResponse({"status": "ready"})
 
@@ -245,7 +245,7 @@ def create_app(
         valkey_ok = await state.metrics.refresh_valkey(
             state.client, limit=state.settings.valkey_timeout
         )
-        ready = valkey_ok and state.readers.healthy and not state.drain.draining
+        ready = valkey_ok and state.hub.source.healthy and not state.drain.draining
         state.metrics.ready.set(float(ready))
         return metrics_endpoint(state.metrics.registry)
 
@@ -289,7 +289,6 @@ def create_app(
                 settings=settings,
                 client=client,
                 hub=hub,
-                readers=readers,
                 metrics=metrics,
                 auth=Authenticator.from_settings(settings),
                 drain=drainer,

@@ -9,7 +9,6 @@ from starlette.requests import HTTPConnection
 from relay_gateway.hub import Hub
 from relay_gateway.limits import ConnectionCap
 from relay_gateway.metrics import GatewayMetrics
-from relay_gateway.readers import ReaderPool
 from relay_gateway.shutdown import Drain
 from relaycore.auth import Authenticator, Principal, bearer_token
 from relaycore.settings import Settings
@@ -23,7 +22,6 @@ class GatewayState:
     settings: Settings
     client: ValkeyClient
     hub: Hub
-    readers: ReaderPool
     metrics: GatewayMetrics
     auth: Authenticator
     drain: Drain

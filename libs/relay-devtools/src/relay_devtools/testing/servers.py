@@ -16,7 +16,7 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
-from relaycore.embedded import server_binary
+from relay_devtools.embedded import server_binary
 
 __all__ = ["UvicornServer", "ValkeyProcess", "free_port"]
 

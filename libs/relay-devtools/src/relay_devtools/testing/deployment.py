@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from relaycore.testing.servers import free_port
+from relay_devtools.testing.servers import free_port
 
 __all__ = ["DeployedProcess", "Deployment", "descendants", "kill_tree"]
 

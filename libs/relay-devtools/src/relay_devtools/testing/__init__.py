@@ -4,10 +4,10 @@ Nothing here fakes Valkey: :class:`ValkeyProcess` runs the real ``valkey-server`
 :class:`Deployment` runs real ingest and gateway processes.
 """
 
-from relaycore.testing.cluster import ValkeyCluster
-from relaycore.testing.deployment import DeployedProcess, Deployment, descendants, kill_tree
-from relaycore.testing.processes import ServiceProcess
-from relaycore.testing.servers import UvicornServer, ValkeyProcess, free_port
+from relay_devtools.testing.cluster import ValkeyCluster
+from relay_devtools.testing.deployment import DeployedProcess, Deployment, descendants, kill_tree
+from relay_devtools.testing.processes import ServiceProcess
+from relay_devtools.testing.servers import UvicornServer, ValkeyProcess, free_port
 
 __all__ = [
     "DeployedProcess",

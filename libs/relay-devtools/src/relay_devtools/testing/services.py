@@ -20,7 +20,7 @@ from types import TracebackType
 
 import httpx
 
-from relaycore.testing.servers import free_port
+from relay_devtools.testing.servers import free_port
 
 __all__ = ["ServiceProcess"]
 

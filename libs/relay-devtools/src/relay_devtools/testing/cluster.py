@@ -1,6 +1,6 @@
 """A real multi-primary Valkey Cluster for tests: several ``valkey-server`` processes.
 
-Each node is a :class:`~relaycore.testing.servers.ValkeyProcess` in cluster mode on a free port
+Each node is a :class:`~relay_devtools.testing.servers.ValkeyProcess` in cluster mode on a free port
 with an explicitly chosen free cluster-bus port (the default bus port, port + 10000, may be
 taken), in its own temp dir. The slots are split evenly by hand (``CLUSTER ADDSLOTSRANGE``), the
 nodes joined with ``CLUSTER MEET``, and replicas attached with ``CLUSTER REPLICATE``; the cluster
@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
+from relay_devtools.testing.servers import ValkeyProcess, free_port
 from relaycore.keys import key_slot
-from relaycore.testing.servers import ValkeyProcess, free_port
 
 __all__ = ["ValkeyCluster", "command", "key_slot"]
 

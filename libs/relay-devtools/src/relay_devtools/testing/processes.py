@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from relaycore.testing.servers import free_port
+from relay_devtools.testing.servers import free_port
 
 __all__ = ["ServiceProcess"]
 

@@ -1,6 +1,6 @@
 """``make run``: the whole relay on one machine — embedded Valkey, ingest and gateway.
 
-``python -m relaycore.devrun [--only NAME[,NAME...]]`` checks that every port it needs is free
+``python -m relay_devtools.devrun [--only NAME[,NAME...]]`` checks that every port it needs is free
 (one clear line and exit code 1 if not), then runs the processes under honcho, which prefixes
 their output, stops all of them when one exits, and on Ctrl-C (SIGINT) or SIGTERM sends
 SIGTERM to each process group and SIGKILL after 5 s to whatever is left.
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relaycore.embedded import port_is_free
+from relay_devtools.embedded import port_is_free
 from relaycore.settings import ConfigError, Settings
 from relaycore.values import parse_port
 
@@ -125,7 +125,7 @@ def plan(config: DevRunConfig, names: Sequence[str] = PROCESS_NAMES) -> list[Dev
     bin_dir = Path(sys.executable).parent
     settings = config.settings
     valkey_dir = config.data_dir / "valkey"
-    embedded = [sys.executable, "-m", "relaycore.embedded", "--conf", str(config.valkey_conf)]
+    embedded = [sys.executable, "-m", "relay_devtools.embedded", "--conf", str(config.valkey_conf)]
     embedded += ["--port", str(config.valkey_port), "--dir", str(valkey_dir)]
     processes = []
     if "valkey" in names:
@@ -205,7 +205,7 @@ def run(processes: Sequence[DevProcess], environ: Mapping[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m relaycore.devrun",
+        prog="python -m relay_devtools.devrun",
         description="Run embedded Valkey, ingest and gateway together (make run).",
     )
     parser.add_argument(
