@@ -31,12 +31,16 @@ async def lifespan(receive: Any, send: Any) -> None:
             return
 
 
+seen_headers: list[set[bytes]] = []
+
+
 async def echo(scope: Any, receive: Any, send: Any) -> None:
     """Accepts, then echoes every text frame until the peer goes."""
     if scope["type"] == "lifespan":
         await lifespan(receive, send)
         return
     await receive()
+    seen_headers.append({name for name, _ in scope["headers"]})
     await send({"type": "websocket.accept"})
     while True:
         message = await receive()
@@ -150,6 +154,9 @@ async def test_open_connections_hold_no_handshake_request() -> None:
         # Every connection parses frames with the plain frame parser, not the handshake's.
         assert all(p.conn.parser.gi_code is Protocol.parse.__code__ for p in protocols)
         assert requests == []
+        # The scope's header list is emptied once accepted (the app read it before accepting).
+        assert all(p.scope["headers"] == [] for p in protocols)
+        assert seen_headers and all(b"x-padding" in names for names in seen_headers)
         for client in clients:
             client.close()
 

@@ -197,8 +197,10 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
     connection in less memory: a list-based inbox and a waiter-on-demand ``writable`` flag
     instead of an ``asyncio.Queue`` and an ``asyncio.Event`` (four deques of ~600 bytes),
     keepalive pings on one shared timer (:class:`_Keepalive`), and the handshake's request
-    (with its headers) dropped once the handshake is done — by uvicorn's references, and by the
-    websockets parser, whose handshake frame would keep it for the connection's whole life.
+    (with its headers) dropped once the handshake is done — by uvicorn's references, by the
+    websockets parser, whose handshake frame would keep it for the connection's whole life, and
+    by the ASGI scope: **after ``websocket.accept`` the scope's ``headers`` list is empty**
+    (apps served by this protocol read headers during the handshake, as the gateway does).
     """
 
     _frames_callback: Callable[[], None] | None = None
@@ -223,6 +225,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             # Only the handshake reads these; an idle connection need not keep its headers.
             self.request = None  # type: ignore[assignment]  # released after the handshake
             self.response = None  # type: ignore[assignment]  # released after the handshake
+            # The scope's header list too (~700 B of tuples), emptied in place so that views an
+            # app built of it during the handshake (Starlette's Headers) let go as well.
+            self.scope["headers"].clear()  # type: ignore[attr-defined]  # an Iterable in uvicorn's types, a list in fact
             self._release_handshake_parser()
         elif message["type"] == "websocket.close" and self.close_sent:
             self._abort_later()
