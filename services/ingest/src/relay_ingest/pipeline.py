@@ -292,22 +292,38 @@ class Pipeline:
             offset = end
 
     async def _sent(self, request: Awaitable[Any]) -> Any:
-        """Await a round trip; while it stalls, check the server is still reachable."""
-        if self._watch is None:
+        """Await a round trip; while it stalls, check the server is still reachable.
+
+        The common round trip costs one timer: a checker task starts only once the round trip
+        has taken ``stall_check`` (a task and an ``asyncio.wait`` per round trip cost a quarter
+        of the batch publish rate), and it is cancelled and awaited when the answer comes.
+        """
+        watch = self._watch
+        if watch is None:
             return await request
-        sending = asyncio.ensure_future(request)
+        loop = asyncio.get_running_loop()
+        checker: asyncio.Task[None] | None = None
+
+        def stalled() -> None:
+            nonlocal checker
+            checker = loop.create_task(self._check_while_stalled(watch), name="relay-stall-check")
+
+        timer = loop.call_later(self._stall_check, stalled)
         try:
-            while True:
-                done, _ = await asyncio.wait({sending}, timeout=self._stall_check)
-                if done:
-                    return sending.result()
-                if self._available and not await self._watch.reachable():
-                    self.mark_down("valkey stopped answering new connections")
+            return await request
         finally:
-            if not sending.done():  # the flusher was cancelled: do not leave the request behind
-                sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, GlideError):
-                    await sending
+            timer.cancel()
+            if checker is not None:
+                checker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checker
+
+    async def _check_while_stalled(self, watch: ServerWatch) -> None:
+        """Until cancelled (the answer came): is the server still taking connections?"""
+        while True:
+            if self._available and not await watch.reachable():
+                self.mark_down("valkey stopped answering new connections")
+            await asyncio.sleep(self._stall_check)
 
     def _mark_unavailable(self, error: BaseException) -> None:
         self._count_error()
