@@ -156,7 +156,8 @@ async def test_open_connections_hold_no_handshake_request() -> None:
         assert requests == []
         # The scope's header list is emptied once accepted (the app read it before accepting).
         assert all(p.scope["headers"] == [] for p in protocols)
-        assert seen_headers and all(b"x-padding" in names for names in seen_headers)
+        assert seen_headers
+        assert all(b"x-padding" in names for names in seen_headers)
         for client in clients:
             client.close()
 
