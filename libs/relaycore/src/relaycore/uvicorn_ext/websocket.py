@@ -227,7 +227,9 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.response = None  # type: ignore[assignment]  # released after the handshake
             # The scope's header list too (~700 B of tuples), emptied in place so that views an
             # app built of it during the handshake (Starlette's Headers) let go as well.
-            self.scope["headers"].clear()  # type: ignore[attr-defined]  # an Iterable in uvicorn's types, a list in fact
+            headers = self.scope["headers"]
+            if isinstance(headers, list):  # what uvicorn builds; its types only promise an Iterable
+                headers.clear()
             self._release_handshake_parser()
         elif message["type"] == "websocket.close" and self.close_sent:
             self._abort_later()
