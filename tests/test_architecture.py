@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = sorted(p.parent for p in ROOT.glob("*/*/pyproject.toml") if (p.parent / "src").is_dir())
 # Pure data and typing modules: the hub, hot tier and clients import them, so they must not
 # drag in a server.
-PURE = ["relaycore.frames", "relaycore.prepared", "relaycore.models", "relaycore.ids",
-        "relaycore.keys", "relaycore.retention"]  # fmt: skip
+PURE = ["relaycore.frames", "relaycore.prepared", "relaycore.direct", "relaycore.models",
+        "relaycore.ids", "relaycore.keys", "relaycore.retention"]  # fmt: skip
 SERVER_CODE = ("uvicorn", "starlette", "glide", "relaycore.uvicorn_ext")
 
 

@@ -33,8 +33,11 @@ from relay_gateway.longpoll import (
     DEFAULT_TIMEOUT,
     MAX_LIMIT,
     MAX_TIMEOUT,
+    POLL_PATH,
+    has_origin,
     poll_endpoint,
 )
+from relay_gateway.longpoll_direct import direct_polls
 from relay_gateway.metrics import GatewayMetrics
 from relay_gateway.readers import ReaderPool
 from relay_gateway.shutdown import Drain
@@ -44,6 +47,7 @@ from relay_gateway.ui import ui_routes
 from relay_gateway.valkey_source import ValkeySource
 from relay_gateway.websocket import ClientFrame, websocket_endpoint
 from relaycore.auth import Authenticator
+from relaycore.direct import DIRECT, DirectHandler
 from relaycore.errors import answer_unhandled
 from relaycore.http import (
     ApiError,
@@ -67,7 +71,6 @@ __all__ = ["create_app"]
 log = structlog.get_logger("relay_gateway")
 
 WS_PATH = "/api/v1/ws"
-POLL_PATH = "/api/v1/poll"
 
 
 class PollResponse(msgspec.Struct):
@@ -178,14 +181,6 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def _has_origin(headers: list[tuple[bytes, bytes]]) -> bool:
-    # A plain loop: any() over a generator cost 3% of the gateway's CPU under long-poll load.
-    for name, _ in headers:  # noqa: SIM110  # see above
-        if name == b"origin":
-            return True
-    return False
-
-
 class GatewayApp(Starlette):
     """Starlette, except that the two hot endpoints skip layers that do nothing for them.
 
@@ -213,7 +208,7 @@ class GatewayApp(Starlette):
                 scope["type"] == "http"
                 and scope["method"] == "GET"
                 and path == root + POLL_PATH
-                and not _has_origin(scope["headers"])
+                and not has_origin(scope["headers"])
             ):
                 scope["app"] = self
                 try:
@@ -256,7 +251,7 @@ def create_app(
         return docs_page("Pulsar Relay gateway")
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, DirectHandler]]:
         dsn = ValkeyDsn.from_dsn(settings.valkey_url).with_ca_file(settings.valkey_tls_ca_file)
         cluster = settings.valkey_cluster
         timeout = settings.valkey_timeout
@@ -299,7 +294,9 @@ def create_app(
                 tasks.append(group.create_task(hub.sweep_forever(), name="relay-hub-sweeper"))
                 log.info("gateway_started", valkey=dsn.redacted(), readers=len(reader_clients))
                 try:
-                    yield
+                    # Lifespan state: the server's protocol answers most polls itself
+                    # (relay_gateway.longpoll_direct; servers without relay.direct ignore it).
+                    yield {DIRECT: direct_polls(app.state.gateway)}
                 finally:
                     await drainer.run()
                     for task in tasks:

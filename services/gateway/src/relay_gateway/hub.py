@@ -262,6 +262,15 @@ class Hub:
         topic.ready.set_result(None)
         return topic
 
+    def acquire_now(self, name: str) -> Topic | None:
+        """:meth:`acquire` without waiting: the topic if a reader already feeds it (its user
+        count raised; :meth:`release` it), else ``None`` and nothing changed."""
+        topic = self.active(name)
+        if topic is not None:
+            topic.users += 1
+            topic.idle_since = None
+        return topic
+
     def active(self, name: str) -> Topic | None:
         """The topic if a reader already feeds it."""
         topic = self.topics.get(name)

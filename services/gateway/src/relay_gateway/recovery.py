@@ -29,7 +29,15 @@ from relay_gateway.hot import Message
 from relay_gateway.hub import RESET, TRIMMED, Feed, Hub, Topic
 from relaycore.ids import ZERO, Cursor, StreamId
 
-__all__ = ["Resume", "catch_up", "continues", "decide", "read_history", "stream_end"]
+__all__ = [
+    "Resume",
+    "catch_up",
+    "continues",
+    "decide",
+    "decide_hot",
+    "read_history",
+    "stream_end",
+]
 
 
 @dataclass(slots=True)
@@ -60,8 +68,9 @@ async def stream_end(hub: Hub, name: str) -> StreamId:
     return await hub.source.last_id(name)
 
 
-async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
-    """Decide how a resume after ``cursor`` goes, with up to ``count`` messages of history."""
+def decide_hot(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume | None:
+    """:func:`decide` from the hot window alone: ``None`` when the stream source must be read
+    (the window does not cover the cursor, or the cursor names an id the window never held)."""
     after = cursor.after
     if topic.hot.covers(after) and after <= topic.position:
         messages = topic.hot.after(after, count)
@@ -70,6 +79,15 @@ async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
             return Resume(True, None, messages, after, check_first=True)
         # An id the window spans but never held: the stream went back (Valkey restored
         # from an older backup, say). Valkey's entries tell trimmed from reset.
+    return None
+
+
+async def decide(hub: Hub, topic: Topic, cursor: Cursor, count: int) -> Resume:
+    """Decide how a resume after ``cursor`` goes, with up to ``count`` messages of history."""
+    hot = decide_hot(hub, topic, cursor, count)
+    if hot is not None:
+        return hot
+    after = cursor.after
     hub.metrics.hot_misses.inc()
     messages = await read_history(hub, topic, after, count)
     if not messages:

@@ -6,6 +6,8 @@ Both services' fastest paths are uvicorn protocol subclasses, one module per con
   services);
 - :mod:`~relaycore.uvicorn_ext.responses`: the ``relay.response`` extension, prepared long-poll
   answers written straight to waiting requests (gateway);
+- :mod:`~relaycore.uvicorn_ext.direct`: the ``relay.direct`` lifespan-state key, requests the
+  app answers inside the protocol without an ASGI task (the gateway's polls);
 - :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
   encoded once and written straight to each transport (gateway);
 - :mod:`~relaycore.uvicorn_ext.supervisor`: uvicorn's multi-process supervisor with workers
@@ -56,7 +58,8 @@ def server_protocols(*, websockets: bool, prepared_responses: bool) -> ServerPro
     """The relay's protocols when the installed uvicorn has every internal they use.
 
     ``websockets``: serve WebSockets (the gateway) or refuse upgrades (ingest).
-    ``prepared_responses``: offer ``relay.response`` on HTTP requests (the gateway's polls).
+    ``prepared_responses``: offer ``relay.response`` on HTTP requests and new requests to the
+    app's ``relay.direct`` handler (the gateway's polls).
     """
     plain_ws = "websockets-sansio" if websockets else "none"
     gone = missing()
@@ -65,9 +68,9 @@ def server_protocols(*, websockets: bool, prepared_responses: bool) -> ServerPro
         return ServerProtocols(http="httptools", ws=plain_ws, extended=False)
     # Imported only once the internals are known present: an import error is not an option.
     from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
-    from relaycore.uvicorn_ext.responses import RelayHttpProtocol
+    from relaycore.uvicorn_ext.direct import DirectHttpProtocol
     from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
 
-    http: type = RelayHttpProtocol if prepared_responses else CoalescingHttpToolsProtocol
+    http: type = DirectHttpProtocol if prepared_responses else CoalescingHttpToolsProtocol
     ws: type | str = RelayWebSocketProtocol if websockets else "none"
     return ServerProtocols(http=http, ws=ws, extended=True)

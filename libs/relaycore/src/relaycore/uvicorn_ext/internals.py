@@ -41,7 +41,8 @@ _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
 _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
 
 REQUIRED: tuple[Requirement, ...] = (
-    # coalescing.CoalescingHttpToolsProtocol and responses.RelayHttpProtocol.
+    # coalescing.CoalescingHttpToolsProtocol, responses.RelayHttpProtocol and
+    # direct.DirectHttpProtocol (which starts, or does not start, each request's ASGI task).
     Requirement(
         _HTTPTOOLS,
         "HttpToolsProtocol",
@@ -52,8 +53,11 @@ REQUIRED: tuple[Requirement, ...] = (
             "on_headers_complete",
             "on_response_complete",
             "handle_websocket_upgrade",
+            "_start_asgi_task",
         ),
-        attributes=("transport", "loop", "cycle", "scope", "server_state"),
+        attributes=("transport", "loop", "cycle", "scope", "server_state", "app", "app_state"),
+        # The task is started from on_headers_complete with the app it would run.
+        source=(("on_headers_complete", "self._start_asgi_task(self.cycle, app)"),),
     ),
     # responses.CycleResponseWriter completes a cycle the way RequestResponseCycle.send does.
     Requirement(
