@@ -32,6 +32,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relaycore.models import error_body
+from relaycore.uvicorn_ext.deadlines import Deadlines
 
 __all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport", "configure", "header_timeout"]
 
@@ -89,6 +90,13 @@ class CoalescingTransport:
         self.flush()
         self.transport.close()
 
+    # The two asked on every response, defined rather than found through __getattr__.
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
+
     def __getattr__(self, name: str) -> Any:
         # is_closing, pause_reading, get_extra_info, ...: the real transport's.
         return getattr(self.transport, name)
@@ -96,27 +104,40 @@ class CoalescingTransport:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing each response with one system call, with a
-    deadline on each request's headers."""
+    deadline on each request's headers; the header deadline and uvicorn's keep-alive timeout
+    wait on the loop's one deadline wheel (:mod:`relaycore.uvicorn_ext.deadlines`) instead of a
+    timer handle each per request."""
 
-    _header_timer: asyncio.TimerHandle | None = None
+    deadline = 0.0
+    bucket: int | None = None
+    _in_head = False  # between a request's first byte and the end of its headers
+    _idle = False  # the deadline armed is the keep-alive timeout, not the header deadline
+    _wheel: Deadlines | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         super().connection_made(transport)
         # A proxy with the Transport methods uvicorn calls.
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]  # duck-typed Transport
-        self._arm_header_timer()
+        self._wheel = Deadlines.of(self.loop)
+        # Counted from the connection's start: a client that sends nothing is cut too.
+        self._in_head = True
+        self._arm_header_deadline()
 
-    def _arm_header_timer(self) -> None:
-        if _header_timeout > 0 and self._header_timer is None:
-            self._header_timer = self.loop.call_later(_header_timeout, self._headers_too_slow)
+    def _arm_header_deadline(self) -> None:
+        self._idle = False
+        if _header_timeout > 0 and self._wheel is not None:
+            self._wheel.arm(self, self.loop.time() + _header_timeout)
+        else:
+            self.deadline = 0.0
 
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+    def deadline_passed(self) -> None:
+        if not self._idle:
+            self._headers_too_slow()
+        else:
+            # uvicorn's keep-alive timeout: an idle connection is closed.
+            self.timeout_keep_alive_handler()
 
     def _headers_too_slow(self) -> None:
-        self._header_timer = None
         transport = self.transport
         if transport.is_closing():
             return
@@ -128,16 +149,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
     def on_message_begin(self) -> None:
-        # The next request on a kept-alive connection: its headers get the same deadline.
-        self._arm_header_timer()
+        # The next request on a kept-alive connection: its headers get the same deadline
+        # (replacing the keep-alive timeout, as uvicorn cancels it on the first byte).
+        self._in_head = True
+        self._arm_header_deadline()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        # No deadline while the request is served (uvicorn has none either).
+        self._in_head = False
+        self.deadline = 0.0
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        if self._wheel is not None:
+            self._wheel.forget(self)
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -146,9 +172,24 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         transport = self.transport
         if isinstance(transport, CoalescingTransport):
             transport.flush()
-        super().on_response_complete()
+        # uvicorn's on_response_complete, with its keep-alive timer replaced by the wheel.
+        self.server_state.total_requests += 1
+        if transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._wheel is not None and not (self._in_head and self.deadline):
+            # Idle now (unless the next request's head is already arriving under its header
+            # deadline, which stays).
+            self._idle = True
+            self._wheel.arm(self, self.loop.time() + self.timeout_keep_alive)
 
     def handle_websocket_upgrade(self) -> None:
+        if self._wheel is not None:
+            self._wheel.forget(self)  # the WebSocket protocol keeps its own clocks
         coalescing = self.transport
         if isinstance(coalescing, CoalescingTransport):
             coalescing.flush()

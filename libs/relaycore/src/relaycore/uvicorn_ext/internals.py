@@ -54,10 +54,31 @@ REQUIRED: tuple[Requirement, ...] = (
             "on_response_complete",
             "handle_websocket_upgrade",
             "_start_asgi_task",
+            "_unset_keepalive_if_required",
+            "timeout_keep_alive_handler",
         ),
-        attributes=("transport", "loop", "cycle", "scope", "server_state", "app", "app_state"),
-        # The task is started from on_headers_complete with the app it would run.
-        source=(("on_headers_complete", "self._start_asgi_task(self.cycle, app)"),),
+        attributes=(
+            "transport",
+            "loop",
+            "cycle",
+            "scope",
+            "server_state",
+            "app",
+            "app_state",
+            "flow",
+            "pipeline",
+            "timeout_keep_alive",
+            "timeout_keep_alive_task",
+        ),
+        source=(
+            # The task is started from on_headers_complete with the app it would run.
+            ("on_headers_complete", "self._start_asgi_task(self.cycle, app)"),
+            # coalescing repeats on_response_complete with the keep-alive timer on its wheel.
+            ("on_response_complete", "self.server_state.total_requests += 1"),
+            ("on_response_complete", "self.flow.resume_reading()"),
+            ("on_response_complete", "cycle, app = self.pipeline.pop()"),
+            ("on_response_complete", "self.timeout_keep_alive_task = self.loop.call_later("),
+        ),
     ),
     # responses.CycleResponseWriter completes a cycle the way RequestResponseCycle.send does.
     Requirement(
