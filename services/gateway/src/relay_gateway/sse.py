@@ -108,7 +108,7 @@ class EventStream(Response):
     def _fits(self, size: int) -> bool:
         writer = self.writer
         held = self.queue.bytes + (writer.buffered_bytes if writer is not None else 0)
-        return held == 0 or held + size <= self.state.settings.max_queue_bytes
+        return held == 0 or held + size <= self.queue.max_bytes
 
     def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
         if self.slow:

@@ -5,7 +5,8 @@ Both services' fastest paths are uvicorn protocol subclasses, one module per con
 - :mod:`~relaycore.uvicorn_ext.coalescing`: each HTTP response in one socket write (both
   services);
 - :mod:`~relaycore.uvicorn_ext.responses`: the ``relay.response`` extension, prepared long-poll
-  answers written straight to waiting requests (gateway);
+  answers written straight to waiting requests and SSE chunks straight to started streams
+  (gateway);
 - :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
   encoded once and written straight to each transport (gateway);
 - :mod:`~relaycore.uvicorn_ext.supervisor`: uvicorn's multi-process supervisor with workers
