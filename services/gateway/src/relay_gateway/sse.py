@@ -56,6 +56,8 @@ __all__ = ["sse_endpoint"]
 HISTORY_PAGE = 500
 KEEPALIVE = b": keepalive\n\n"
 KEEPALIVE_CHUNK = stream_chunk(KEEPALIVE)
+# A live batch larger than this goes out message by message, each checked against the bound.
+PACKED_CHUNK_BYTES = 256 * 1024
 SLOW = b": slow consumer: reconnect with Last-Event-ID\n\n"
 _encode = msgspec.json.Encoder().encode
 
@@ -78,6 +80,7 @@ class EventStream(Response):
         self.cursor = cursor
         self.metrics = state.metrics.transport("sse")
         self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
+        self.packed_limit = min(PACKED_CHUNK_BYTES, state.settings.max_queue_bytes)
         self.ended = asyncio.Event()
         self.slow = False
         # The slot taken in state.connection_cap, given back when the stream ends.
@@ -141,6 +144,11 @@ class EventStream(Response):
             self.metrics.written(1, message.id.ms)
 
     def deliver_batch(self, batch: Batch) -> None:
+        if len(batch.sse_bytes) > self.packed_limit and batch.count > 1:
+            # One item always fits an empty stream: a big batch as one could pass the bound.
+            for message in batch.messages:
+                self.deliver(message)
+            return
         # The hot path: the same chunk bytes for every stream; the hub accounts them.
         if self._emit(batch.sse_bytes, batch.sse_chunk, batch.count, batch.oldest_ms):
             self.metrics.pending += batch.count
