@@ -8,6 +8,9 @@ to a subscriber); latency percentiles are printed too.
     uv run python -m loadtests.gateway.ab --base-python /tmp/base/.venv/bin/python \\
         --scenario fanout --rates 20,50,100 --rounds 2
 
+Scenarios: ``fanout`` (WebSocket subscribers), ``sse`` (Server-Sent Events streams,
+:mod:`loadtests.bench.sseclient`), ``longpoll`` (poll loops); all on one topic.
+
 ``--base-python`` is the interpreter of the other checkout's environment (``uv sync`` there);
 the current checkout runs with this interpreter. Uses the bench harness's clients and stacks.
 """
@@ -85,6 +88,14 @@ async def _main(args: argparse.Namespace) -> int:
                     for n in shares
                 ]  # fmt: skip
                 await pool.each(requests, limit_s=90)
+            elif args.scenario == "sse":
+                requests = [
+                    {"op": "sse", "group": group, "host": HOST, "port": stack.subscribe_port,
+                     "path": f"/api/v1/sse?topic={topic}", "n": n, "sources": SOURCES,
+                     "concurrency": 50, "timeout": 60}
+                    for n in shares
+                ]  # fmt: skip
+                await pool.each(requests, limit_s=90)
             else:
                 requests = [
                     {"op": "lp", "group": group, "kind": "relay", "host": HOST,
@@ -113,7 +124,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.gateway.ab", description=__doc__)
     parser.add_argument("--base-python", required=True)
-    parser.add_argument("--scenario", choices=("fanout", "longpoll"), default="fanout")
+    parser.add_argument("--scenario", choices=("fanout", "sse", "longpoll"), default="fanout")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rates", default="20,50,100")
     parser.add_argument("--rounds", type=int, default=2)

@@ -7,16 +7,19 @@ headers, body — once and hands the same bytes to every waiting request whose s
 relaycore.uvicorn_ext.responses implements it on uvicorn). Under any other server
 :func:`response_writer` returns ``None`` and the app answers the ordinary way.
 
-The same extension bounds streamed responses (SSE): the bytes waiting in the transport's write
-buffer count toward the stream's ``RELAY_MAX_QUEUE_BYTES``, and a slow stream is cut at the
-socket instead of waiting, through uvicorn's ``send``, for a peer that does not read.
+The same extension serves streamed responses (SSE): once the response has started, a chunk of
+its body built once for many streams (:func:`stream_chunk`, the SSE bytes of one fan-out) is
+written straight to each stream's transport (:meth:`ResponseWriter.write_stream`) with no ASGI
+message and no task wake-up per stream; the bytes waiting in the transport's write buffer count
+toward the stream's ``RELAY_MAX_QUEUE_BYTES``, and a slow stream is cut at the socket instead
+of waiting, through uvicorn's ``send``, for a peer that does not read.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-__all__ = ["EXTENSION", "PreparedResponse", "ResponseWriter", "response_writer"]
+__all__ = ["EXTENSION", "PreparedResponse", "ResponseWriter", "response_writer", "stream_chunk"]
 
 EXTENSION = "relay.response"
 
@@ -53,6 +56,12 @@ class PreparedResponse:
         return self._data
 
 
+def stream_chunk(body: bytes) -> bytes:
+    """``body`` (not empty) as one chunk of HTTP/1.1's chunked transfer coding (RFC 9112 §7.1),
+    framed exactly as uvicorn frames each ``http.response.body`` of a streamed response."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
 class ResponseWriter(Protocol):
     """What the app sees under ``scope["extensions"]["relay.response"]``."""
 
@@ -68,6 +77,15 @@ class ResponseWriter(Protocol):
     def buffered_bytes(self) -> int:
         """Bytes written to this connection that its transport has not handed to the kernel
         (a streamed response counts them toward its bound)."""
+        ...
+
+    def write_stream(self, chunk: bytes) -> bool:
+        """Write ``chunk`` — body bytes framed by :func:`stream_chunk` — to this request's
+        started, chunked, streamed response now; ``False`` (nothing written) when it cannot:
+        the response has not started, is not chunked or is complete, the peer is gone, or the
+        transport is closing or above its high-water mark. The app then sends the body through
+        ASGI ``send`` (which waits for the transport to drain); it must keep its own order
+        between the two paths."""
         ...
 
     def cut(self, last: bytes, *, timeout: float) -> None:

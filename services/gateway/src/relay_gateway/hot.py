@@ -22,7 +22,7 @@ import msgspec
 
 from relaycore.frames import text_frame
 from relaycore.ids import ZERO, StreamId
-from relaycore.prepared import PreparedResponse
+from relaycore.prepared import PreparedResponse, stream_chunk
 from relaycore.streams import StreamEntry
 
 __all__ = ["Batch", "HotTier", "HotWindow", "Message"]
@@ -106,11 +106,14 @@ class Batch:
     """Consecutive messages of one topic fanned out together, with shared packed encodings.
 
     A subscriber that is exactly at the batch's start (the common live case) gets the whole
-    batch as one write: one ``\n``-packed WebSocket frame built once for all subscribers.
+    batch as one write: one ``\n``-packed WebSocket frame, or one HTTP chunk of SSE event blocks,
+    built once for all subscribers.
     """
 
     __slots__ = (
         "_frame",
+        "_sse",
+        "_sse_chunk",
         "_text",
         "contiguous",
         "count",
@@ -134,6 +137,8 @@ class Batch:
         )
         self._text: bytes | None = None
         self._frame: bytes | None = None
+        self._sse: bytes | None = None
+        self._sse_chunk: bytes | None = None
         # The long-poll answer carrying exactly this batch, built by the first caught-up poll
         # it is handed to and written as is to every other (relay_gateway.longpoll).
         self.poll_answer: PreparedResponse | None = None
@@ -159,6 +164,23 @@ class Batch:
             else:
                 self._frame = text_frame(self.ws_bytes)
         return self._frame
+
+    @property
+    def sse_bytes(self) -> bytes:
+        """Every message's SSE event block, in order."""
+        if self._sse is None:
+            if len(self.messages) == 1:
+                self._sse = self.first.sse_bytes
+            else:
+                self._sse = b"".join([message.sse_bytes for message in self.messages])
+        return self._sse
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """:attr:`sse_bytes` as one chunk of a chunked HTTP response (an SSE stream's body)."""
+        if self._sse_chunk is None:
+            self._sse_chunk = stream_chunk(self.sse_bytes)
+        return self._sse_chunk
 
 
 def topic_json(topic: str) -> bytes:

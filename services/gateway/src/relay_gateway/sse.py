@@ -11,6 +11,17 @@ is unreachable is a 503 with ``Retry-After``, not a stream that ends at once. A 
 queue plus transport write buffer passes ``RELAY_MAX_QUEUE_BYTES`` is a slow consumer: a last
 comment line (``: slow consumer``) goes out if it fits, then the connection is closed and, if
 the peer still has not taken its bytes after ``RELAY_CLOSE_TIMEOUT``, aborted.
+
+Output takes one of two paths, one at a time so events keep their order. With the server's
+``relay.response`` extension (:mod:`relaycore.prepared`, uvicorn with
+:mod:`relaycore.uvicorn_ext.responses`) the hub's fan-out writes each live batch's event blocks,
+framed as one HTTP chunk built once for every stream (:attr:`~relay_gateway.hot.Batch.sse_chunk`),
+straight to the transport while it is below its high-water mark and nothing is queued: no ASGI
+message and no task wake-up per stream and message (the per-stream task sends and Starlette's
+wrappers were most of the cost of an SSE delivery). Otherwise — the transport is full, history
+is being replayed, or there is no extension (any other ASGI server) — events are queued and the
+stream's writer task sends them through ASGI ``send``, which waits for the transport to drain.
+The writer task also sends the heartbeats.
 """
 
 from __future__ import annotations
@@ -38,18 +49,22 @@ from relay_gateway.source import Unavailable
 from relay_gateway.state import GatewayState, gateway_state
 from relaycore.http import ApiError, origin_allowed
 from relaycore.ids import Cursor
-from relaycore.prepared import ResponseWriter, response_writer
+from relaycore.prepared import ResponseWriter, response_writer, stream_chunk
 
 __all__ = ["sse_endpoint"]
 
 HISTORY_PAGE = 500
 KEEPALIVE = b": keepalive\n\n"
+KEEPALIVE_CHUNK = stream_chunk(KEEPALIVE)
+# A live batch larger than this goes out message by message, each checked against the bound.
+PACKED_CHUNK_BYTES = 256 * 1024
 SLOW = b": slow consumer: reconnect with Last-Event-ID\n\n"
 _encode = msgspec.json.Encoder().encode
 
 
 class EventStream(Response):
-    """The SSE response: one feed, one outbound queue, a writer with heartbeats."""
+    """The SSE response: one feed, written straight to the transport or queued for a writer
+    task (which also sends the heartbeats)."""
 
     def __init__(
         self, state: GatewayState, topic: Topic, cursor: Cursor | None, principal_key: str = ""
@@ -65,6 +80,7 @@ class EventStream(Response):
         self.cursor = cursor
         self.metrics = state.metrics.transport("sse")
         self.queue: OutboundQueue[bytes] = OutboundQueue(state.settings.max_queue_bytes)
+        self.packed_limit = min(PACKED_CHUNK_BYTES, state.settings.max_queue_bytes)
         self.ended = asyncio.Event()
         self.slow = False
         # The slot taken in state.connection_cap, given back when the stream ends.
@@ -73,6 +89,11 @@ class EventStream(Response):
         self.resume: Resume | None = None
         # The relay.response extension (relaycore.prepared; None under other servers).
         self.writer: ResponseWriter | None = None
+        # The writer task holds items it took, or waits in an ASGI send: what comes next
+        # queues behind them.
+        self.sending = False
+        # History is being replayed (a resume): queued, so the writer packs it into few writes.
+        self.replaying = False
 
     async def prepare(self) -> None:
         """Register the feed and decide the resume; raises :class:`Unavailable` (detached)."""
@@ -90,7 +111,7 @@ class EventStream(Response):
     def _fits(self, size: int) -> bool:
         writer = self.writer
         held = self.queue.bytes + (writer.buffered_bytes if writer is not None else 0)
-        return held == 0 or held + size <= self.state.settings.max_queue_bytes
+        return held == 0 or held + size <= self.queue.max_bytes
 
     def _push(self, item: bytes, count: int = 0, oldest_ms: int = 0) -> None:
         if self.slow:
@@ -98,18 +119,43 @@ class EventStream(Response):
         if not self._fits(len(item)) or not self.queue.push(item, count, oldest_ms):
             self.overflow()
 
-    # -- Sink ------------------------------------------------------------------------------
+    def _emit(self, body: bytes, chunk: bytes | None, count: int = 0, oldest_ms: int = 0) -> bool:
+        """Write ``body`` (as ``chunk``, its HTTP chunk, when built already) straight to the
+        transport when nothing is ahead of it, else queue it. True: written straight (the
+        caller counts the deliveries)."""
+        if self.slow:
+            return False  # being cut: nothing more is sent or held
+        writer = self.writer
+        if writer is not None and not (self.queue.items or self.sending or self.replaying):
+            if chunk is None:
+                chunk = stream_chunk(body)
+            if not self._fits(len(chunk)):
+                self.overflow()
+                return False
+            if writer.write_stream(chunk):
+                return True
+        self._push(body, count, oldest_ms)
+        return False
+
+    # -- Sink: called synchronously by the hub while fanning out ---------------------------
 
     def deliver(self, message: Message) -> None:
-        self._push(message.sse_bytes, 1, message.id.ms)
+        if self._emit(message.sse_bytes, None, 1, message.id.ms):
+            self.metrics.written(1, message.id.ms)
 
     def deliver_batch(self, batch: Batch) -> None:
-        for message in batch.messages:
-            self.deliver(message)
+        if len(batch.sse_bytes) > self.packed_limit and batch.count > 1:
+            # One item always fits an empty stream: a big batch as one could pass the bound.
+            for message in batch.messages:
+                self.deliver(message)
+            return
+        # The hot path: the same chunk bytes for every stream; the hub accounts them.
+        if self._emit(batch.sse_bytes, batch.sse_chunk, batch.count, batch.oldest_ms):
+            self.metrics.pending += batch.count
 
     def gap(self, topic: str, reason: str, first: Message) -> None:
         data = _encode({"topic": topic, "reason": reason, "from": str(first.id)})
-        self._push(b"event: gap\ndata: " + data + b"\n\n")
+        self._emit(b"event: gap\ndata: " + data + b"\n\n", None)
 
     def overflow(self) -> None:
         self.queue.take_now()  # dropped: its memory is freed at once
@@ -189,6 +235,7 @@ class EventStream(Response):
         if resume is None:
             feed.go_live()
             return
+        self.replaying = True
         try:
             pending_gap = None
             if not resume.recovered:
@@ -209,6 +256,8 @@ class EventStream(Response):
         except Unavailable:
             # The client reconnects with Last-Event-ID and resumes where it stopped.
             self.ended.set()
+        finally:
+            self.replaying = False
 
     async def _write(self, send: Send) -> None:
         heartbeat = self.state.settings.sse_heartbeat
@@ -222,16 +271,26 @@ class EventStream(Response):
                     items = await self.queue.take()
             except TimeoutError:
                 items = None
-            if items is None or loop.time() >= next_comment:
-                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-                next_comment = loop.time() + heartbeat
-            if items is None:
-                continue
-            if not items:
-                return
-            body = items[0][0] if len(items) == 1 else b"".join(item for item, _, _ in items)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            self.metrics.written_items(items)
+            if items == []:
+                return  # closed
+            self.sending = True
+            try:
+                if items is None or loop.time() >= next_comment:
+                    await self._send(send, KEEPALIVE, KEEPALIVE_CHUNK)
+                    next_comment = loop.time() + heartbeat
+                if items:
+                    body = items[0][0] if len(items) == 1 else b"".join(i for i, _, _ in items)
+                    await self._send(send, body, None)
+                    self.metrics.written_items(items)
+            finally:
+                self.sending = False
+
+    async def _send(self, send: Send, body: bytes, chunk: bytes | None) -> None:
+        """``body`` straight to the transport if it takes it now, else through ASGI ``send``."""
+        writer = self.writer
+        if writer is not None and writer.write_stream(chunk or stream_chunk(body)):
+            return
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 async def sse_endpoint(request: Request) -> Response:

@@ -5,21 +5,24 @@ Both services' fastest paths are uvicorn protocol subclasses, one module per con
 - :mod:`~relaycore.uvicorn_ext.coalescing`: each HTTP response in one socket write (both
   services);
 - :mod:`~relaycore.uvicorn_ext.responses`: the ``relay.response`` extension, prepared long-poll
-  answers written straight to waiting requests (gateway);
+  answers written straight to waiting requests and SSE chunks straight to started streams
+  (gateway);
 - :mod:`~relaycore.uvicorn_ext.direct`: the ``relay.direct`` lifespan-state key, requests the
   app answers inside the protocol without an ASGI task (the gateway's polls);
+- :mod:`~relaycore.uvicorn_ext.deadlines`: every HTTP connection's header deadline and
+  keep-alive timeout on one timer per loop (both services);
 - :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
   encoded once and written straight to each transport (gateway);
 - :mod:`~relaycore.uvicorn_ext.supervisor`: uvicorn's multi-process supervisor with workers
   that run a server of the service's making (the gateway's staged shutdown in every worker);
 - :mod:`~relaycore.uvicorn_ext.internals`: every uvicorn internal those rely on, checked.
 
-The app side sees only the pure modules :mod:`relaycore.frames` and :mod:`relaycore.prepared`
-(the extension protocols and the bytes they carry), so the data model never imports server
-code. Tested with the uvicorn range the services declare (``uvicorn>=0.35,<0.55``). When the
-installed uvicorn lacks an internal, :func:`server_protocols` logs what is missing and hands out
-uvicorn's own protocols instead: the apps then see no extension in the scope and answer through
-plain ASGI ``send``, more slowly but correctly.
+The app side sees only the pure modules :mod:`relaycore.frames`, :mod:`relaycore.prepared` and
+:mod:`relaycore.direct` (the extension protocols and the bytes they carry), so the data model
+never imports server code. Tested with the uvicorn range the services declare
+(``uvicorn>=0.35,<0.55``). When the installed uvicorn lacks an internal, :func:`server_protocols`
+logs what is missing and hands out uvicorn's own protocols instead: the apps then see no
+extension in the scope and answer through plain ASGI ``send``, more slowly but correctly.
 """
 
 from __future__ import annotations

@@ -98,8 +98,13 @@ REQUIRED: tuple[Requirement, ...] = (
             "keep_alive",
             "waiting_for_100_continue",
             "message_event",
+            # write_stream: only into a response uvicorn chunks, framed as its send frames.
+            "chunked_encoding",
         ),
-        source=(("send", "'%s - \"%s %s HTTP/%s\" %d'"),),
+        source=(
+            ("send", "'%s - \"%s %s HTTP/%s\" %d'"),
+            ("send", 'content = [b"%x\\r\\n" % len(body), body, b"\\r\\n"]'),
+        ),
     ),
     Requirement("uvicorn.protocols.http.flow_control", "FlowControl", attributes=("write_paused",)),
     Requirement("uvicorn.protocols.utils", "get_client_addr"),
