@@ -65,6 +65,21 @@ async def test_an_earlier_deadline_moves_the_timer_forward() -> None:
     wheel.forget(late)
 
 
+async def test_a_connection_moved_to_a_later_bucket_does_not_delay_the_ones_waiting() -> None:
+    loop = asyncio.get_running_loop()
+    wheel = Deadlines.of(loop)
+    moved, waiting = Conn(), Conn()
+    start = loop.time()
+    wheel.arm(moved, start + 0.1)
+    wheel.arm(moved, start + 2.0)  # still in the 0.1 bucket: moved to a new, later one there
+    wheel.arm(waiting, start + 0.6)
+    await asyncio.sleep(0.6 + RESOLUTION + 0.15)
+    assert len(waiting.fired) == 1
+    assert waiting.fired[0] <= start + 0.6 + RESOLUTION + 0.1
+    assert moved.fired == []
+    wheel.forget(moved)
+
+
 async def test_idle_kept_alive_connections_close_after_the_keep_alive_timeout() -> None:
     server = UvicornServer(hello, http=CoalescingHttpToolsProtocol, timeout_keep_alive=1)
     async with server.running():

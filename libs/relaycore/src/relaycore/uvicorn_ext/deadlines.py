@@ -38,7 +38,7 @@ class HasDeadline(Protocol):
 class Deadlines:
     """The wheel of one event loop."""
 
-    __slots__ = ("_next_slot", "buckets", "loop", "timer")
+    __slots__ = ("_next_slot", "_ticking", "buckets", "loop", "timer")
 
     # Weak: a loop closed while connections still waited (tests run many loops in one process)
     # takes its wheel with it.
@@ -51,6 +51,7 @@ class Deadlines:
         self.timer: asyncio.TimerHandle | None = None
         self.loop = loop
         self._next_slot = 0  # the bucket the timer is set for
+        self._ticking = False  # inside _tick, which sets the timer once it is done
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Deadlines:
@@ -85,7 +86,7 @@ class Deadlines:
         bucket = self.buckets.get(slot)
         if bucket is None:
             self.buckets[slot] = {connection}
-            if self.timer is None or slot < self._next_slot:
+            if not self._ticking and (self.timer is None or slot < self._next_slot):
                 self._schedule(slot)
         else:
             bucket.add(connection)
@@ -100,16 +101,22 @@ class Deadlines:
         self.timer = None
         now = self.loop.time()
         due = [slot for slot in self.buckets if slot * RESOLUTION <= now]
-        for slot in sorted(due):
-            for connection in self.buckets.pop(slot):
-                connection.bucket = None
-                deadline = connection.deadline
-                if not deadline:
-                    continue
-                if deadline <= now:
-                    connection.deadline = 0.0
-                    connection.deadline_passed()
-                else:
-                    self._put(connection, math.ceil(deadline * _PER_SECOND))
-        if self.buckets and self.timer is None:
-            self._schedule(min(self.buckets))
+        self._ticking = True
+        try:
+            for slot in sorted(due):
+                for connection in self.buckets.pop(slot):
+                    connection.bucket = None
+                    deadline = connection.deadline
+                    if not deadline:
+                        continue
+                    if deadline <= now:
+                        connection.deadline = 0.0
+                        connection.deadline_passed()
+                    else:
+                        self._put(connection, math.ceil(deadline * _PER_SECOND))
+        finally:
+            self._ticking = False
+            # The earliest bucket left, whether it was there before or was just made (a
+            # connection moved to a later one must not delay those already waiting).
+            if self.buckets:
+                self._schedule(min(self.buckets))
