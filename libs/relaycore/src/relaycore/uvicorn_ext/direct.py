@@ -29,15 +29,14 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from relaycore.direct import DIRECT, DirectHandler
-from relaycore.uvicorn_ext.coalescing import CoalescingTransport
 from relaycore.uvicorn_ext.responses import (
-    ACCESS_LOG_FORMAT,
     CycleResponseWriter,
     RelayHttpProtocol,
+    start_response,
+    write_now,
 )
 
 __all__ = ["DirectCycle", "DirectHttpProtocol"]
@@ -95,18 +94,8 @@ class DirectCycle(CycleResponseWriter):
         if cycle.response_started or cycle.disconnected or transport.is_closing():
             return
         # The tail of uvicorn's RequestResponseCycle.send, for a complete response.
-        cycle.response_started = True
-        cycle.waiting_for_100_continue = False
+        start_response(cycle, status)
         scope = cycle.scope
-        if cycle.access_log:
-            cycle.access_logger.info(
-                ACCESS_LOG_FORMAT,
-                get_client_addr(scope),
-                scope["method"],
-                get_path_with_query_string(scope),
-                scope["http_version"],
-                status,
-            )
         parts = [_STATUS_LINES[status]]
         for name, value in self._server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
@@ -117,11 +106,7 @@ class DirectCycle(CycleResponseWriter):
         parts.append(b"\r\n")
         if scope["method"] != "HEAD":
             parts.append(body)
-        data = b"".join(parts)
-        if isinstance(transport, CoalescingTransport):
-            transport.write_now(data)
-        else:
-            transport.write(data)
+        write_now(transport, b"".join(parts))
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:

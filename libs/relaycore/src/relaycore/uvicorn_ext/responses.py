@@ -34,10 +34,41 @@ from uvicorn.server import ServerState
 from relaycore.prepared import EXTENSION, PreparedResponse
 from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol, CoalescingTransport
 
-__all__ = ["ACCESS_LOG_FORMAT", "CycleResponseWriter", "RelayHttpProtocol"]
+__all__ = [
+    "ACCESS_LOG_FORMAT",
+    "CycleResponseWriter",
+    "RelayHttpProtocol",
+    "start_response",
+    "write_now",
+]
 
 # uvicorn's access-log line (RequestResponseCycle.send), repeated for prepared answers.
 ACCESS_LOG_FORMAT = '%s - "%s %s HTTP/%s" %d'
+
+
+def start_response(cycle: RequestResponseCycle, status: int) -> None:
+    """Mark ``cycle``'s response started and log it, as uvicorn's ``send`` does for the
+    response start."""
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    if cycle.access_log:
+        scope = cycle.scope
+        cycle.access_logger.info(
+            ACCESS_LOG_FORMAT,
+            get_client_addr(scope),
+            scope["method"],
+            get_path_with_query_string(scope),
+            scope["http_version"],
+            status,
+        )
+
+
+def write_now(transport: asyncio.Transport, data: bytes) -> None:
+    """Write ``data`` now, after anything a coalescing transport still holds."""
+    if isinstance(transport, CoalescingTransport):
+        transport.write_now(data)
+    else:
+        transport.write(data)
 
 
 class CycleResponseWriter:
@@ -67,10 +98,7 @@ class CycleResponseWriter:
         if transport.is_closing():
             return
         if last:
-            if isinstance(transport, CoalescingTransport):
-                transport.write_now(last)
-            else:
-                transport.write(last)
+            write_now(transport, last)
         transport.close()
         real = transport.transport if isinstance(transport, CoalescingTransport) else transport
         asyncio.get_running_loop().call_later(timeout, real.abort)
@@ -122,23 +150,8 @@ class CycleResponseWriter:
             or transport.is_closing()
         ):
             return False
-        cycle.response_started = True
-        cycle.waiting_for_100_continue = False
-        if cycle.access_log:
-            scope = cycle.scope
-            cycle.access_logger.info(
-                ACCESS_LOG_FORMAT,
-                get_client_addr(scope),
-                scope["method"],
-                get_path_with_query_string(scope),
-                scope["http_version"],
-                200,
-            )
-        data = response.encode(self._server_state.default_headers)
-        if isinstance(transport, CoalescingTransport):
-            transport.write_now(data)
-        else:
-            transport.write(data)
+        start_response(cycle, 200)
+        write_now(transport, response.encode(self._server_state.default_headers))
         cycle.response_complete = True
         cycle.message_event.set()
         cycle.on_response()
