@@ -80,6 +80,31 @@ async def test_a_connection_moved_to_a_later_bucket_does_not_delay_the_ones_wait
     wheel.forget(moved)
 
 
+class Failing(Conn):
+    def deadline_passed(self) -> None:
+        super().deadline_passed()
+        raise RuntimeError("a bug in one connection")
+
+
+async def test_a_failing_callback_is_reported_and_the_others_still_fire() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        wheel = Deadlines.of(loop)
+        failing, after = Failing(), Conn()
+        when = loop.time() + 0.1
+        wheel.arm(failing, when)
+        wheel.arm(after, when)  # the same bucket
+        await asyncio.sleep(0.1 + 2 * RESOLUTION)
+    finally:
+        loop.set_exception_handler(previous)
+    assert len(failing.fired) == len(after.fired) == 1
+    assert [type(context["exception"]) for context in reported] == [RuntimeError]
+    assert wheel.buckets == {}
+
+
 async def test_idle_kept_alive_connections_close_after_the_keep_alive_timeout() -> None:
     server = UvicornServer(hello, http=CoalescingHttpToolsProtocol, timeout_keep_alive=1)
     async with server.running():

@@ -4,11 +4,13 @@ like the ASGI endpoint, and a parked one leaves nothing behind when its client g
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
+import jwt
 
 from relay_devtools.testing import UvicornServer
 from relay_devtools.testing.gateway import publish
@@ -97,3 +99,39 @@ async def test_a_parked_poll_whose_client_leaves_is_gone_from_the_gateway(
         assert new.encode() in await reader.read(1000)
         await _gauge(http, 0)
         writer.close()
+
+
+SECRET = "test-secret-with-enough-bytes-for-hs256"
+
+
+def _token(subscribe: list[str]) -> str:
+    claims = {"sub": "c", "exp": int(time.time() + 60), "topics": {"subscribe": subscribe}}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+async def test_direct_polls_check_credentials_on_every_poll(
+    gateway: Gateway, valkey_client: ValkeyClient, topic: str
+) -> None:
+    (cursor,) = await publish(valkey_client, topic, ["before"])
+    mine = {"Authorization": f"Bearer {_token([topic])}"}
+    async with (
+        gateway(auth="jwt", jwt_secret=SECRET) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        params = {"topic": topic, "since": cursor, "timeout": "0.05"}
+        assert (await http.get("/api/v1/poll", params=params, headers=mine)).status_code == 200
+        # The topic is active now: these polls are offered to the direct handler first.
+        assert (await http.get("/api/v1/poll", params=params)).status_code == 401
+        other = {"Authorization": f"Bearer {_token(['other'])}"}
+        assert (await http.get("/api/v1/poll", params=params, headers=other)).status_code == 403
+        waiting = asyncio.create_task(
+            http.get("/api/v1/poll", params={**params, "timeout": "5"}, headers=mine)
+        )
+        by_query = asyncio.create_task(
+            http.get("/api/v1/poll", params={**params, "timeout": "5", "token": _token([topic])})
+        )
+        await _gauge(http, 2)
+        (new,) = await publish(valkey_client, topic, ["after"])
+        for answer in await asyncio.gather(waiting, by_query):
+            assert answer.status_code == 200
+            assert [m["id"] for m in answer.json()["messages"]] == [new]

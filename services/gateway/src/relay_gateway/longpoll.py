@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from starlette.requests import Request
@@ -67,7 +68,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 
-class PollSink:
+class PollSink(ABC):
     """The sink of a waiting long-poll: collects up to ``limit`` messages, then wakes it.
 
     The hub hands it the messages as they are fanned out. How the poll is woken is the
@@ -111,8 +112,9 @@ class PollSink:
         self.recovered = False
         self.answered = False
 
+    @abstractmethod
     def _wake(self) -> None:
-        raise NotImplementedError
+        """Wake the waiting poll (the subclass's way)."""
 
     def deliver(self, message: Message) -> None:
         if not self.full and len(self.messages) < self.limit:

@@ -108,7 +108,8 @@ class DirectPoll(PollSink):
         self.feed = feed = state.hub.attach(self.topic, self)
         if after is not None:
             feed.resume_after(after, check=True)
-        state.metrics.transport("poll").open += 1
+        assert self.metrics is not None
+        self.metrics.open += 1
         state.drain.streams.add(self)
         self.request.on_disconnect = self.gone
         loop = asyncio.get_running_loop()
@@ -139,7 +140,8 @@ class DirectPoll(PollSink):
             self.timer.cancel()
             self.timer = None
         state.drain.streams.discard(self)
-        state.metrics.transport("poll").open -= 1
+        assert self.metrics is not None
+        self.metrics.open -= 1
         if self.feed is not None:
             state.hub.detach(self.feed)
             self.feed = None

@@ -68,7 +68,9 @@ class Deadlines:
         if current is not None and current <= slot:
             return  # checked when that earlier bucket is due, and moved then
         if current is not None:
-            self.buckets[current].discard(connection)
+            bucket = self.buckets.get(current)
+            if bucket is not None:
+                bucket.discard(connection)
         self._put(connection, slot)
 
     def forget(self, connection: HasDeadline) -> None:
@@ -111,7 +113,12 @@ class Deadlines:
                         continue
                     if deadline <= now:
                         connection.deadline = 0.0
-                        connection.deadline_passed()
+                        try:
+                            connection.deadline_passed()
+                        except Exception as error:  # one connection's bug must not stop the rest
+                            self.loop.call_exception_handler(
+                                {"message": "deadline callback failed", "exception": error}
+                            )
                     else:
                         self._put(connection, math.ceil(deadline * _PER_SECOND))
         finally:
