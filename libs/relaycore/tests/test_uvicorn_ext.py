@@ -70,7 +70,7 @@ def test_protocols_are_the_extension_when_uvicorn_has_every_internal() -> None:
     assert ingest.extended
     assert ingest.ws == "none"
     assert {gateway.http.__name__, gateway.ws.__name__, ingest.http.__name__} == {  # type: ignore[union-attr]
-        "DirectHttpProtocol",
+        "LeanHttpProtocol",
         "RelayWebSocketProtocol",
         "CoalescingHttpToolsProtocol",
     }

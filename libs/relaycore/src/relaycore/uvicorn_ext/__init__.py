@@ -9,6 +9,9 @@ Both services' fastest paths are uvicorn protocol subclasses, one module per con
   (gateway);
 - :mod:`~relaycore.uvicorn_ext.direct`: the ``relay.direct`` lifespan-state key, requests the
   app answers inside the protocol without an ASGI task (the gateway's polls);
+- :mod:`~relaycore.uvicorn_ext.lean`: the gateway's connections start on a protocol with no
+  request cycle at all, for whole body-less requests the direct handler takes, and are handed
+  over to uvicorn's (the direct one) for anything else;
 - :mod:`~relaycore.uvicorn_ext.deadlines`: every HTTP connection's header deadline and
   keep-alive timeout on one timer per loop (both services);
 - :mod:`~relaycore.uvicorn_ext.websocket`: the ``relay.frames`` extension, WebSocket frames
@@ -71,9 +74,9 @@ def server_protocols(*, websockets: bool, prepared_responses: bool) -> ServerPro
         return ServerProtocols(http="httptools", ws=plain_ws, extended=False)
     # Imported only once the internals are known present: an import error is not an option.
     from relaycore.uvicorn_ext.coalescing import CoalescingHttpToolsProtocol
-    from relaycore.uvicorn_ext.direct import DirectHttpProtocol
+    from relaycore.uvicorn_ext.lean import LeanHttpProtocol
     from relaycore.uvicorn_ext.websocket import RelayWebSocketProtocol
 
-    http: type = DirectHttpProtocol if prepared_responses else CoalescingHttpToolsProtocol
+    http: type = LeanHttpProtocol if prepared_responses else CoalescingHttpToolsProtocol
     ws: type | str = RelayWebSocketProtocol if websockets else "none"
     return ServerProtocols(http=http, ws=ws, extended=True)

@@ -34,14 +34,20 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from relaycore.models import error_body
 from relaycore.uvicorn_ext.deadlines import Deadlines
 
-__all__ = ["CoalescingHttpToolsProtocol", "CoalescingTransport", "configure", "header_timeout"]
+__all__ = [
+    "TIMEOUT_RESPONSE",
+    "CoalescingHttpToolsProtocol",
+    "CoalescingTransport",
+    "configure",
+    "header_timeout",
+]
 
 # Process-wide, set once at start by the entry points (uvicorn builds protocols from a class,
 # and with several workers that class must be importable, not configured per instance).
 _header_timeout = 10.0
 
 _TIMEOUT_BODY = error_body("request_timeout", "request headers not received in time", [])
-_TIMEOUT_RESPONSE = (
+TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(_TIMEOUT_BODY)
 ) + _TIMEOUT_BODY
@@ -145,7 +151,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # A 408 only between responses: behind a response still being written (a pipelined
         # partial request after a long-poll) the connection just closes.
         if cycle is None or cycle.response_complete:
-            transport.write(_TIMEOUT_RESPONSE)
+            transport.write(TIMEOUT_RESPONSE)
         transport.close()
 
     def on_message_begin(self) -> None:

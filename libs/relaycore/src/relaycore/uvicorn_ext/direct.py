@@ -18,6 +18,9 @@ behind a response still being written (pipelined: they are started later, the or
 and, while the access log is on, requests carrying ``X-Forwarded-For`` (the log line would name
 the proxy instead of the client uvicorn's proxy-headers middleware resolves).
 
+The gateway's connections start on :mod:`relaycore.uvicorn_ext.lean`, which serves the plain
+case with no request cycle at all and hands a connection over to this protocol for the rest.
+
 A parked request (taken, not answered yet) has no task: uvicorn's graceful shutdown does not
 wait for it, so the app must answer its parked requests in its own drain (the gateway does,
 stage 3 of ``relay_gateway.shutdown``); its connection is then closed by uvicorn as idle.
@@ -25,6 +28,7 @@ stage 3 of ``relay_gateway.shutdown``); its connection is then closed by uvicorn
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -39,7 +43,7 @@ from relaycore.uvicorn_ext.responses import (
     write_now,
 )
 
-__all__ = ["DirectCycle", "DirectHttpProtocol"]
+__all__ = ["STATUS_LINES", "DirectCycle", "DirectHttpProtocol"]
 
 # Request headers that mean a body follows, or that the direct path must leave to uvicorn.
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding"))
@@ -54,7 +58,7 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
 
 
-_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 
 
 class DirectCycle(CycleResponseWriter):
@@ -96,7 +100,7 @@ class DirectCycle(CycleResponseWriter):
         # The tail of uvicorn's RequestResponseCycle.send, for a complete response.
         start_response(cycle, status)
         scope = cycle.scope
-        parts = [_STATUS_LINES[status]]
+        parts = [STATUS_LINES[status]]
         for name, value in self._server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
         for name, value in headers:
@@ -131,7 +135,7 @@ class DirectHttpProtocol(RelayHttpProtocol):
     _fresh = False  # inside on_headers_complete: the request is new, not a pipelined one
     _parked: DirectCycle | None = None
 
-    def connection_made(self, transport):  # type: ignore[no-untyped-def]  # as uvicorn's
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as the base's
         super().connection_made(transport)
         # The lifespan has run before the server accepts connections: its state is complete.
         self._direct = self.app_state.get(DIRECT)

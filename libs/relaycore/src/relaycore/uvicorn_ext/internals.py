@@ -109,7 +109,24 @@ REQUIRED: tuple[Requirement, ...] = (
     Requirement("uvicorn.protocols.http.flow_control", "FlowControl", attributes=("write_paused",)),
     Requirement("uvicorn.protocols.utils", "get_client_addr"),
     Requirement("uvicorn.protocols.utils", "get_path_with_query_string"),
-    Requirement("uvicorn.server", "ServerState", attributes=("default_headers",)),
+    # lean.LeanHttpProtocol serves connections in uvicorn's place (shutdown, request count,
+    # default headers) and hands them over to the protocol above with uvicorn's constructor.
+    Requirement(
+        "uvicorn.server",
+        "ServerState",
+        attributes=("default_headers", "connections", "total_requests"),
+    ),
+    Requirement(
+        "uvicorn.config",
+        "Config",
+        attributes=("root_path", "timeout_keep_alive", "limit_concurrency"),
+    ),
+    Requirement(
+        _HTTPTOOLS,
+        "HttpToolsProtocol",
+        methods=("__init__", "shutdown"),
+        source=(("__init__", "_loop: asyncio.AbstractEventLoop | None = None"),),
+    ),
     # websocket.RelayWebSocketProtocol.
     Requirement(
         _SANSIO,
