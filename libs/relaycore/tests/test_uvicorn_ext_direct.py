@@ -39,6 +39,8 @@ class App:
             body = b"direct " + request.query_string
             request.respond(200, [(b"content-length", b"%d" % len(body))], body)
             return True
+        if request.path == "/boom":
+            raise RuntimeError("a bug in the handler")
         if request.path == "/park":
 
             def gone() -> None:
@@ -345,3 +347,24 @@ async def test_shutdown_closes_idle_connections(http: type) -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+async def test_a_failing_handler_fails_its_request_only() -> None:
+    app = App()
+    async with served(app, LeanHttpProtocol) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(_get("/boom"))
+            head, body = await _response(reader)
+            assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+            assert b"\r\nconnection: close\r\n" in head
+            assert b'"internal"' in body
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:  # the server still serves
+            writer.write(_get("/now?again"))
+            assert (await _response(reader))[1] == b"direct again"
+        finally:
+            writer.close()

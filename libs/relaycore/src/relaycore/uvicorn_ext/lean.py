@@ -46,6 +46,8 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from relaycore.direct import DIRECT, DirectHandler
+from relaycore.logging import get_logger
+from relaycore.models import error_body
 from relaycore.prepared import PreparedResponse
 from relaycore.uvicorn_ext.coalescing import TIMEOUT_RESPONSE, header_timeout
 from relaycore.uvicorn_ext.deadlines import Deadlines
@@ -60,6 +62,13 @@ _END = b"\r\n\r\n"
 _HAND_OVER = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 _FORWARDED = b"x-forwarded-for"
 _CONNECTION_CLOSE = b"connection: close\r\n"
+_INTERNAL_BODY = error_body("internal", "internal error", [])
+_INTERNAL_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", b"%d" % len(_INTERNAL_BODY)),
+]
+
+log = get_logger("relaycore.uvicorn_ext.lean")
 
 
 class LeanRequest:
@@ -238,7 +247,14 @@ class LeanHttpProtocol(asyncio.Protocol):
         request = LeanRequest(self, method, url, self._headers)
         self.request = request
         assert self.handler is not None
-        if not self.handler(request):
+        try:
+            taken = self.handler(request)
+        except Exception:  # an app bug: this request fails, the connection and server do not
+            log.exception("direct_handler_failed", path=request.path)
+            self.keep_alive = False
+            request.respond(500, _INTERNAL_HEADERS, _INTERNAL_BODY)
+            return
+        if not taken:
             self.request = None
             self._hand_over(data)
 
