@@ -43,7 +43,7 @@ from relaycore.uvicorn_ext.responses import (
     write_now,
 )
 
-__all__ = ["STATUS_LINES", "DirectCycle", "DirectHttpProtocol"]
+__all__ = ["DirectCycle", "DirectHttpProtocol", "complete_response"]
 
 # Request headers that mean a body follows, or that the direct path must leave to uvicorn.
 _BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding"))
@@ -58,7 +58,31 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode())
 
 
-STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def complete_response(
+    status: int,
+    default_headers: list[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    keep_alive: bool,
+    head: bool,
+) -> bytes:
+    """A whole response as uvicorn's ``send`` writes it: status line, the server's default
+    headers, ``headers``, ``connection: close`` unless kept alive, and ``body`` unless ``HEAD``."""
+    parts = [_STATUS_LINES[status]]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(body)
+    return b"".join(parts)
 
 
 class DirectCycle(CycleResponseWriter):
@@ -99,18 +123,15 @@ class DirectCycle(CycleResponseWriter):
             return
         # The tail of uvicorn's RequestResponseCycle.send, for a complete response.
         start_response(cycle, status)
-        scope = cycle.scope
-        parts = [STATUS_LINES[status]]
-        for name, value in self._server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if scope["method"] != "HEAD":
-            parts.append(body)
-        write_now(transport, b"".join(parts))
+        data = complete_response(
+            status,
+            self._server_state.default_headers,
+            headers,
+            body,
+            keep_alive=cycle.keep_alive,
+            head=cycle.scope["method"] == "HEAD",
+        )
+        write_now(transport, data)
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:

@@ -51,7 +51,7 @@ from relaycore.models import error_body
 from relaycore.prepared import PreparedResponse
 from relaycore.uvicorn_ext.coalescing import TIMEOUT_RESPONSE, header_timeout
 from relaycore.uvicorn_ext.deadlines import Deadlines
-from relaycore.uvicorn_ext.direct import STATUS_LINES, DirectHttpProtocol
+from relaycore.uvicorn_ext.direct import DirectHttpProtocol, complete_response
 from relaycore.uvicorn_ext.responses import ACCESS_LOG_FORMAT
 
 __all__ = ["LeanHttpProtocol", "LeanRequest"]
@@ -61,7 +61,6 @@ _END = b"\r\n\r\n"
 # 100-continue is expected, or the connection is to change protocol.
 _HAND_OVER = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 _FORWARDED = b"x-forwarded-for"
-_CONNECTION_CLOSE = b"connection: close\r\n"
 _INTERNAL_BODY = error_body("internal", "internal error", [])
 _INTERNAL_HEADERS = [
     (b"content-type", b"application/json"),
@@ -147,17 +146,15 @@ class LeanRequest:
         if self.done or transport.is_closing():
             return
         self.done = True
-        parts = [STATUS_LINES[status]]
-        for name, value in protocol.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not protocol.keep_alive:
-            parts.append(_CONNECTION_CLOSE)
-        parts.append(b"\r\n")
-        if self.method != "HEAD":
-            parts.append(body)
-        transport.write(b"".join(parts))
+        data = complete_response(
+            status,
+            protocol.server_state.default_headers,
+            headers,
+            body,
+            keep_alive=protocol.keep_alive,
+            head=self.method == "HEAD",
+        )
+        transport.write(data)
         protocol.answered(self, status)
 
 
@@ -192,6 +189,7 @@ class LeanHttpProtocol(asyncio.Protocol):
         self.held: list[bytes] = []  # read behind a parked request
         self.client = ""
         self._wheel: Deadlines | None = None
+        self._idle = False  # the deadline armed is the keep-alive timeout, not the header one
         # Per request, filled by the parser's callbacks.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -320,8 +318,6 @@ class LeanHttpProtocol(asyncio.Protocol):
         else:
             transport.write(TIMEOUT_RESPONSE)  # the slowloris guard's 408
             transport.close()
-
-    _idle = False
 
     def _arm(self, timeout: float) -> None:
         if timeout > 0 and self._wheel is not None:
